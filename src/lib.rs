@@ -1,0 +1,60 @@
+//! Low-level lock primitives, each answering one hazard of a system that must never sell the same
+//! unit twice.
+//!
+//! - [`SpinLock`]: an exclusive lock from compare-and-swap — test-and-test-and-set on one byte,
+//!   a fenced (`Release`) unlock, and a waiting strategy chosen at the type: [`Spin`], [`Yield`]
+//!   or [`Backoff`] (the default). [`RawSpinLock`] is its protocol alone, and implements
+//!   `lock_api::RawMutex`.
+//!
+//! Every atomic protocol in the crate is model-checked with [loom](https://docs.rs/loom). Build
+//! with `RUSTFLAGS="--cfg loom"` and the crate's atomics and cells become loom's, so that your own
+//! loom models see inside our locks.
+//!
+//! # Example
+//!
+//! ```
+//! use fencelock::SpinLock;
+//! use std::thread;
+//!
+//! static UNITS_LEFT: SpinLock<u32> = SpinLock::new(100);
+//!
+//! let sold: u32 = thread::scope(|s| {
+//!     let traders: Vec<_> = (0..4)
+//!         .map(|_| {
+//!             s.spawn(|| {
+//!                 let mut bought = 0;
+//!                 loop {
+//!                     let mut left = UNITS_LEFT.lock();
+//!                     if *left == 0 {
+//!                         return bought;
+//!                     }
+//!                     *left -= 1;
+//!                     bought += 1;
+//!                 }
+//!             })
+//!         })
+//!         .collect();
+//!     traders.into_iter().map(|t| t.join().unwrap()).sum()
+//! });
+//! assert_eq!(sold, 100); // no unit sold twice, none lost
+//! ```
+//!
+//! # Features
+//!
+//! - `std` (default): [`Yield`], and [`Backoff`] yielding once spinning stops paying. Without it
+//!   the crate is `no_std` and waits by spinning only.
+//! - `lock_api` (default): `RawSpinLock` implements `lock_api::RawMutex`.
+
+#![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs, rust_2018_idioms)]
+
+mod primitive;
+mod raw_spin_lock;
+pub mod relax;
+mod spin_lock;
+
+pub use crate::raw_spin_lock::RawSpinLock;
+#[cfg(feature = "std")]
+pub use crate::relax::Yield;
+pub use crate::relax::{Backoff, Relax, Spin};
+pub use crate::spin_lock::{SpinLock, SpinLockGuard};

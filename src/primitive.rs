@@ -1,0 +1,114 @@
+//! The one place that chooses between loom and the real machine.
+//!
+//! Every other module takes its atomics, its `UnsafeCell`, its spin hint and its yield from here.
+//! Built with `cfg(loom)` (by `loom-tests/build.rs`, or by a user's `RUSTFLAGS="--cfg loom"`), they
+//! are loom's, so loom sees every access the crate makes; otherwise they are `core`'s and `std`'s.
+//!
+//! The `UnsafeCell` here has loom's interface on both sides: shared data is reached through a
+//! [`MutPtr`] that stays alive for as long as the access does, which is what lets loom report two
+//! overlapping accesses as a data race.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU8, Ordering};
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicU8, Ordering};
+
+#[cfg(loom)]
+pub(crate) use loom::cell::{MutPtr, UnsafeCell};
+
+#[cfg(not(loom))]
+pub(crate) use self::cell::{MutPtr, UnsafeCell};
+
+/// The crate's one relax hook: every wait loop calls it between two looks at shared state.
+///
+/// On the real machine it runs the caller's strategy. Under loom it is one
+/// `loom::thread::yield_now()` whatever the strategy, because loom needs a yield in every spin loop
+/// and spinning more than once per look only multiplies the interleavings it must explore.
+#[inline]
+pub(crate) fn relax<R: crate::Relax>(attempt: u32) {
+    #[cfg(loom)]
+    {
+        let _ = attempt;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    R::relax(attempt);
+}
+
+/// Tells the processor we are spinning (a `pause` on x86), or yields to loom's scheduler.
+#[inline]
+pub(crate) fn spin_loop_hint() {
+    #[cfg(loom)]
+    loom::hint::spin_loop();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+}
+
+/// Gives up the rest of this thread's time slice (or yields to loom's scheduler).
+#[cfg(feature = "std")]
+#[inline]
+pub(crate) fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
+
+/// Declares a `const fn` that stays `const` on the real machine and is a plain `fn` under loom,
+/// whose atomics cannot be built in a const context.
+macro_rules! const_fn_unless_loom {
+    ($(#[$attr:meta])* $vis:vis fn $($rest:tt)*) => {
+        #[cfg(not(loom))]
+        $(#[$attr])* $vis const fn $($rest)*
+        #[cfg(loom)]
+        $(#[$attr])* $vis fn $($rest)*
+    };
+}
+pub(crate) use const_fn_unless_loom;
+
+/// A `core::cell::UnsafeCell` behind loom's `with_mut`/`get_mut` interface; all of it compiles
+/// to plain pointer accesses.
+#[cfg(not(loom))]
+mod cell {
+    /// `core::cell::UnsafeCell` with loom's interface.
+    #[repr(transparent)]
+    pub(crate) struct UnsafeCell<T: ?Sized>(core::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        #[inline]
+        pub(crate) const fn new(value: T) -> Self {
+            Self(core::cell::UnsafeCell::new(value))
+        }
+
+        #[inline]
+        pub(crate) fn into_inner(self) -> T {
+            self.0.into_inner()
+        }
+    }
+
+    impl<T: ?Sized> UnsafeCell<T> {
+        /// Runs `f` with a pointer that may be written through, for the duration of `f`.
+        #[inline]
+        pub(crate) fn with_mut<F: FnOnce(*mut T) -> U, U>(&self, f: F) -> U {
+            f(self.0.get())
+        }
+
+        /// A pointer for an access that lasts as long as the returned value.
+        #[inline]
+        pub(crate) fn get_mut(&self) -> MutPtr<T> {
+            MutPtr(self.0.get())
+        }
+    }
+
+    /// A pointer to the cell's contents, valid while the cell lives (loom tracks it as one access).
+    pub(crate) struct MutPtr<T: ?Sized>(*mut T);
+
+    impl<T: ?Sized> MutPtr<T> {
+        /// Runs `f` with the raw pointer.
+        #[inline]
+        pub(crate) fn with<F: FnOnce(*mut T) -> U, U>(&self, f: F) -> U {
+            f(self.0)
+        }
+    }
+}
