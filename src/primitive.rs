@@ -26,6 +26,7 @@ pub(crate) use self::cell::{MutPtr, UnsafeCell};
 /// `loom::thread::yield_now()` whatever the strategy, because loom needs a yield in every spin loop
 /// and spinning more than once per look only multiplies the interleavings it must explore.
 #[inline]
+#[cfg_attr(loom, allow(clippy::extra_unused_type_parameters))]
 pub(crate) fn relax<R: crate::Relax>(attempt: u32) {
     #[cfg(loom)]
     {
