@@ -58,3 +58,8 @@ pub use crate::raw_spin_lock::RawSpinLock;
 pub use crate::relax::Yield;
 pub use crate::relax::{Backoff, Relax, Spin};
 pub use crate::spin_lock::{SpinLock, SpinLockGuard};
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
