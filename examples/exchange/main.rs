@@ -10,8 +10,11 @@ mod trading;
 
 use std::process::ExitCode;
 
+/// A step of the run: its summary when every check passed, otherwise what failed.
+type Step = fn() -> Result<String, String>;
+
 fn main() -> ExitCode {
-    let steps: [(&str, fn() -> Result<String, String>); 1] = [(
+    let steps: [(&str, Step); 1] = [(
         "trading: each stock's book behind its own SpinLock",
         trading::run,
     )];
