@@ -177,12 +177,13 @@ impl<T: ?Sized, R> SpinLock<T, R> {
     }
 }
 
-impl<T: Default> Default for SpinLock<T> {
+impl<T: Default, R> Default for SpinLock<T, R> {
     fn default() -> Self {
-        Self::new(T::default())
+        Self { raw: RawSpinLock::new(), data: UnsafeCell::new(T::default()) }
     }
 }
 
+/// For the default strategy only, so that `SpinLock::from(value)` infers as `SpinLock::new` does.
 impl<T> From<T> for SpinLock<T> {
     fn from(value: T) -> Self {
         Self::new(value)
