@@ -48,11 +48,20 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+#[cfg(feature = "std")]
+mod lock_table;
+mod lockdep;
+mod ordered;
 mod primitive;
 mod raw_spin_lock;
 pub mod relax;
 mod spin_lock;
 
+#[cfg(feature = "std")]
+pub use crate::lock_table::{KeyGuard, LockTable};
+#[cfg(feature = "std")]
+pub use crate::ordered::lock_slice;
+pub use crate::ordered::{lock_all, try_lock_all, LockSet, SameLock};
 pub use crate::raw_spin_lock::RawSpinLock;
 #[cfg(feature = "std")]
 pub use crate::relax::Yield;
