@@ -10,7 +10,7 @@
 //! refused, but the lock it takes is recorded like any other.
 //!
 //! With the feature off (the default) every hook below is an empty `#[inline(always)]` function
-//! of `()` and `lock()` carries no caller location: the checks cost nothing.
+//! of a zero-sized `CallSite` and `lock()` carries no caller location: the checks cost nothing.
 //!
 //! Limits: only [`SpinLock`](crate::SpinLock)'s guards are tracked (not `RawSpinLock` used by
 //! hand); a guard dropped on another thread than the one that took it, or leaked with
@@ -94,10 +94,13 @@ mod on {
 #[cfg(not(all(feature = "lockdep", not(loom))))]
 mod off {
     /// Nothing: without `lockdep` no call site is recorded.
-    pub(crate) type CallSite = ();
+    #[derive(Clone, Copy)]
+    pub(crate) struct CallSite;
 
     #[inline(always)]
-    pub(crate) fn call_site() -> CallSite {}
+    pub(crate) fn call_site() -> CallSite {
+        CallSite
+    }
 
     #[inline(always)]
     pub(crate) fn before_lock(_lock: usize, _site: CallSite) {}

@@ -7,14 +7,24 @@
 
 mod rng;
 mod trading;
+mod transfers;
 
 use std::process::ExitCode;
 
+/// One step of the run: a summary, or what failed.
+type Step = fn() -> Result<String, String>;
+
 fn main() -> ExitCode {
-    let steps: [(&str, fn() -> Result<String, String>); 1] = [(
-        "trading: each stock's book behind its own SpinLock",
-        trading::run,
-    )];
+    let steps: [(&str, Step); 2] = [
+        (
+            "trading: each stock's book behind its own SpinLock",
+            trading::run,
+        ),
+        (
+            "transfers: two accounts per trade, taken with lock_all in one global order",
+            transfers::run,
+        ),
+    ];
     let mut failed = false;
     for (name, step) in steps {
         println!("== {name}");
