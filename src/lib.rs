@@ -5,6 +5,11 @@
 //!   a fenced (`Release`) unlock, and a waiting strategy chosen at the type: [`Spin`], [`Yield`]
 //!   or [`Backoff`] (the default). [`RawSpinLock`] is its protocol alone, and implements
 //!   `lock_api::RawMutex`.
+//! - [`lock_all`], [`try_lock_all`], [`lock_slice`]: several locks at once, without deadlock —
+//!   every thread takes them in one global order (each lock's address), and the guards come back
+//!   in the caller's order; an array, a tuple of locks of different types, or a slice (a
+//!   [`LockSet`]). Naming a lock twice is refused with [`SameLock`] before anything is taken.
+//!   [`LockTable`] is a lock per key for keys not known up front, striped in fixed memory.
 //!
 //! Every atomic protocol in the crate is model-checked with [loom](https://docs.rs/loom). Build
 //! with `RUSTFLAGS="--cfg loom"` and the crate's atomics and cells become loom's, so that your own
@@ -44,15 +49,29 @@
 //! - `std` (default): [`Yield`], and [`Backoff`] yielding once spinning stops paying. Without it
 //!   the crate is `no_std` and waits by spinning only.
 //! - `lock_api` (default): `RawSpinLock` implements `lock_api::RawMutex`.
+//! - `lockdep` (off; implies `std`): each thread records the `SpinLock`s it holds, and a `lock()`
+//!   against the global lock order panics naming both call sites, so an ABBA deadlock shows in a
+//!   test the first time either order runs. Costs nothing when off.
+//!
+//! [`lock_slice`] and [`LockTable`] need `std`.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+#[cfg(feature = "std")]
+mod lock_table;
+mod lockdep;
+mod ordered;
 mod primitive;
 mod raw_spin_lock;
 pub mod relax;
 mod spin_lock;
 
+#[cfg(feature = "std")]
+pub use crate::lock_table::{KeyGuard, LockTable};
+#[cfg(feature = "std")]
+pub use crate::ordered::lock_slice;
+pub use crate::ordered::{lock_all, try_lock_all, LockSet, SameLock};
 pub use crate::raw_spin_lock::RawSpinLock;
 #[cfg(feature = "std")]
 pub use crate::relax::Yield;

@@ -17,6 +17,13 @@ pub(crate) use core::sync::atomic::{AtomicU8, Ordering};
 #[cfg(loom)]
 pub(crate) use loom::cell::{MutPtr, UnsafeCell};
 
+/// Shared ownership across threads (the lock table's guards of one stripe named by several keys).
+#[cfg(all(loom, feature = "std"))]
+pub(crate) use loom::sync::Arc;
+
+#[cfg(all(not(loom), feature = "std"))]
+pub(crate) use std::sync::Arc;
+
 #[cfg(not(loom))]
 pub(crate) use self::cell::{MutPtr, UnsafeCell};
 

@@ -8,6 +8,7 @@ use core::fmt;
 use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
 
+use crate::lockdep::{self, CallSite};
 use crate::primitive::{const_fn_unless_loom, MutPtr, UnsafeCell};
 use crate::raw_spin_lock::RawSpinLock;
 use crate::relax::{Backoff, Relax};
@@ -111,9 +112,22 @@ impl<T: ?Sized, R: Relax> SpinLock<T, R> {
     /// let unit = book.lock().pop();
     /// assert_eq!(unit, Some(102));
     /// ```
+    ///
+    /// With the `lockdep` feature, taking a lock that comes before one this thread already holds
+    /// in the global lock order (or that it holds already) panics, naming both call sites: see
+    /// [`lock_all`](crate::lock_all) for taking several locks.
     #[inline]
+    #[cfg_attr(all(feature = "lockdep", not(loom)), track_caller)]
     pub fn lock(&self) -> SpinLockGuard<'_, T, R> {
+        self.lock_at(lockdep::call_site())
+    }
+
+    /// [`lock`](Self::lock), on behalf of a caller at `site` (the lock-order checks name it).
+    #[inline]
+    pub(crate) fn lock_at(&self, site: CallSite) -> SpinLockGuard<'_, T, R> {
+        lockdep::before_lock(self.order_key(), site);
         self.raw.lock();
+        lockdep::acquired(self.order_key(), site);
         // SAFETY: the lock is held, as required.
         unsafe { self.guard() }
     }
@@ -132,13 +146,28 @@ impl<T: ?Sized, R> SpinLock<T, R> {
     /// assert_eq!(lock.try_lock().map(|guard| *guard), Some(1));
     /// ```
     #[inline]
+    #[cfg_attr(all(feature = "lockdep", not(loom)), track_caller)]
     pub fn try_lock(&self) -> Option<SpinLockGuard<'_, T, R>> {
+        self.try_lock_at(lockdep::call_site())
+    }
+
+    /// [`try_lock`](Self::try_lock), on behalf of a caller at `site`.
+    #[inline]
+    pub(crate) fn try_lock_at(&self, site: CallSite) -> Option<SpinLockGuard<'_, T, R>> {
         if self.raw.try_lock() {
+            lockdep::acquired(self.order_key(), site);
             // SAFETY: the lock is held, as required.
             Some(unsafe { self.guard() })
         } else {
             None
         }
+    }
+
+    /// This lock's place in the global lock order: the address of its state byte, which no other
+    /// live lock shares (the data's address could: a lock may sit at offset 0 of another's data).
+    #[inline]
+    pub(crate) fn order_key(&self) -> usize {
+        order_key(&self.raw)
     }
 
     /// Whether the lock is held right now: a snapshot, for diagnostics only.
@@ -201,6 +230,12 @@ impl<T: ?Sized + fmt::Debug, R> fmt::Debug for SpinLock<T, R> {
     }
 }
 
+/// The place of the lock whose state is `raw` in the global lock order.
+#[inline]
+fn order_key<R>(raw: &RawSpinLock<R>) -> usize {
+    (raw as *const RawSpinLock<R>).addr()
+}
+
 /// Proof that a [`SpinLock`] is held, and the way to its data. Dropping it releases the lock.
 ///
 /// ```
@@ -249,6 +284,7 @@ impl<T: ?Sized, R> DerefMut for SpinLockGuard<'_, T, R> {
 impl<T: ?Sized, R> Drop for SpinLockGuard<'_, T, R> {
     #[inline]
     fn drop(&mut self) {
+        lockdep::released(order_key(self.raw));
         // SAFETY: `data` is dropped once, here, and never used again: the access ends before the
         // lock is released.
         unsafe { ManuallyDrop::drop(&mut self.data) };

@@ -7,6 +7,7 @@
 
 mod rng;
 mod trading;
+mod transfers;
 
 use std::process::ExitCode;
 
@@ -14,10 +15,16 @@ use std::process::ExitCode;
 type Step = fn() -> Result<String, String>;
 
 fn main() -> ExitCode {
-    let steps: [(&str, Step); 1] = [(
-        "trading: each stock's book behind its own SpinLock",
-        trading::run,
-    )];
+    let steps: [(&str, Step); 2] = [
+        (
+            "trading: each stock's book behind its own SpinLock",
+            trading::run,
+        ),
+        (
+            "transfers: two accounts per trade, taken with lock_all in one global order",
+            transfers::run,
+        ),
+    ];
     let mut failed = false;
     for (name, step) in steps {
         println!("== {name}");
