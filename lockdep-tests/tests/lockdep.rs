@@ -1,6 +1,6 @@
 //! The `lockdep` feature: a lock taken against the global order panics, naming both call sites,
 //! even when the opposite order never runs at the same time. Run with
-//! `cargo test --features lockdep --test lockdep`.
+//! `cargo test -p fencelock-lockdep-tests` (part of `cargo test --workspace`).
 #![cfg(all(feature = "lockdep", not(loom)))]
 
 use std::cell::Cell;
