@@ -208,7 +208,10 @@ impl<T: ?Sized, R> SpinLock<T, R> {
 
 impl<T: Default, R> Default for SpinLock<T, R> {
     fn default() -> Self {
-        Self { raw: RawSpinLock::new(), data: UnsafeCell::new(T::default()) }
+        Self {
+            raw: RawSpinLock::new(),
+            data: UnsafeCell::new(T::default()),
+        }
     }
 }
 
