@@ -5,6 +5,13 @@
 //!   a fenced (`Release`) unlock, and a waiting strategy chosen at the type: [`Spin`], [`Yield`]
 //!   or [`Backoff`] (the default). [`RawSpinLock`] is its protocol alone, and implements
 //!   `lock_api::RawMutex`.
+//! - [`DeadlineLock`]: a lock whose holder gets a [`Lease`] that ends by itself, so a crashed
+//!   holder cannot block everyone forever. Every acquisition — a takeover of an ended lease
+//!   included — carries the next [`FencingToken`]; a [`Fenced`] resource refuses writes from a
+//!   holder that stalled past its lease and was taken over ([`StaleToken`]). Time comes from a
+//!   [`Clock`]: [`MonotonicClock`] by default, [`ManualClock`] in tests.
+//! - [`Versioned`]: optimistic concurrency — commit only if the [`Version`] you read is still
+//!   current, else get a [`Conflict`] and your value back.
 //!
 //! Every atomic protocol in the crate is model-checked with [loom](https://docs.rs/loom). Build
 //! with `RUSTFLAGS="--cfg loom"` and the crate's atomics and cells become loom's, so that your own
@@ -41,20 +48,36 @@
 //!
 //! # Features
 //!
-//! - `std` (default): [`Yield`], and [`Backoff`] yielding once spinning stops paying. Without it
-//!   the crate is `no_std` and waits by spinning only.
+//! - `std` (default): [`Yield`], and [`Backoff`] yielding once spinning stops paying;
+//!   [`DeadlineLock`] and [`MonotonicClock`] (waiting parks through `parking_lot_core`). Without
+//!   it the crate is `no_std` and waits by spinning only.
 //! - `lock_api` (default): `RawSpinLock` implements `lock_api::RawMutex`.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+mod clock;
+#[cfg(all(feature = "std", target_has_atomic = "64"))]
+mod deadline_lock;
+mod fencing;
 mod primitive;
 mod raw_spin_lock;
 pub mod relax;
 mod spin_lock;
+mod versioned;
 
 pub use crate::raw_spin_lock::RawSpinLock;
 #[cfg(feature = "std")]
 pub use crate::relax::Yield;
 pub use crate::relax::{Backoff, Relax, Spin};
 pub use crate::spin_lock::{SpinLock, SpinLockGuard};
+
+pub use crate::clock::Clock;
+#[cfg(target_has_atomic = "64")]
+pub use crate::clock::ManualClock;
+#[cfg(feature = "std")]
+pub use crate::clock::MonotonicClock;
+#[cfg(all(feature = "std", target_has_atomic = "64"))]
+pub use crate::deadline_lock::{DeadlineLock, Lease, LeaseLost};
+pub use crate::fencing::{Fenced, FencingToken, StaleToken};
+pub use crate::versioned::{Conflict, Version, Versioned};

@@ -10,8 +10,11 @@ mod trading;
 
 use std::process::ExitCode;
 
+/// A step of the exchange: its name, and what runs it (a summary, or what failed).
+type Step = (&'static str, fn() -> Result<String, String>);
+
 fn main() -> ExitCode {
-    let steps: [(&str, fn() -> Result<String, String>); 1] = [(
+    let steps: [Step; 1] = [(
         "trading: each stock's book behind its own SpinLock",
         trading::run,
     )];
