@@ -281,36 +281,41 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
     /// `try_acquire` with the clock already read.
     #[inline]
     fn try_acquire_at(&self, now: u64, lease: Duration) -> Option<Lease<'_, T, C>> {
-        let state = self.state.load(Relaxed);
-        if state & (HELD | LOCKED) == 0 {
-            return self.acquire_free(state, now, lease);
+        let mut state = self.state.load(Relaxed);
+        loop {
+            // Someone holds LOCKED: whoever it is decides (it issues a lease, renews one, or
+            // looks and leaves), so this look fails.
+            if state & LOCKED != 0 {
+                return None;
+            }
+            if state & HELD == 0 {
+                let generation = next_generation(state)?;
+                // Acquire pairs with the Release CAS in `release`/`release_contended`: what the
+                // previous holder did before releasing happens-before this lease. LOCKED keeps
+                // takers off the deadline word until `issue` has written it.
+                match self.state.compare_exchange(
+                    state,
+                    generation << GENERATION_SHIFT | HELD | LOCKED,
+                    Acquire,
+                    Relaxed,
+                ) {
+                    Ok(_) => return Some(self.issue(generation, state & PARKED, now, lease)),
+                    Err(current) => state = current,
+                }
+                continue;
+            }
+            // The deadline, read without LOCKED, is a hint: if it has not passed, fail without
+            // disturbing the holder. A stale hint only makes this fail as it would have on the
+            // older state it belongs to; a takeover is decided under LOCKED, on the deadline itself.
+            if now < self.deadline.load(Relaxed) {
+                return None;
+            }
+            match self.take_over(state, now, lease, false) {
+                Ok(acquired) => return Some(acquired),
+                Err(Refused::Contended { current }) => state = current,
+                Err(Refused::Held { .. } | Refused::Exhausted) => return None,
+            }
         }
-        // Someone holds LOCKED (and decides), or the deadline — read without LOCKED, as a hint —
-        // has not passed: fail without disturbing the holder. A stale hint can only make this
-        // fail as it would have on the older state it belongs to; a takeover is decided under
-        // LOCKED, on the deadline itself.
-        if state & LOCKED != 0 || now < self.deadline.load(Relaxed) {
-            return None;
-        }
-        self.take_over(state, now, lease, false).ok()
-    }
-
-    /// Issues the next generation's lease on a free lock whose state word read `state`.
-    #[inline]
-    fn acquire_free(&self, state: u64, now: u64, lease: Duration) -> Option<Lease<'_, T, C>> {
-        let generation = next_generation(state)?;
-        // Acquire pairs with the Release CAS in `release`/`release_contended`: what the previous
-        // holder did before releasing happens-before this lease. LOCKED keeps takers off the
-        // deadline word until `issue` has written it.
-        self.state
-            .compare_exchange(
-                state,
-                generation << GENERATION_SHIFT | HELD | LOCKED,
-                Acquire,
-                Relaxed,
-            )
-            .ok()?;
-        Some(self.issue(generation, state & PARKED, now, lease))
     }
 
     /// Writes the deadline of lease `generation`, which this thread has just claimed with LOCKED,
@@ -344,12 +349,11 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
     ) -> Result<Lease<'_, T, C>, Refused> {
         // Acquire pairs with the Release stores in `issue` and `renew` (and, through the release
         // sequence, with any RMW since): the deadline read below is the current lease's.
-        if self
+        if let Err(current) = self
             .state
             .compare_exchange(state, state | LOCKED, Acquire, Relaxed)
-            .is_err()
         {
-            return Err(Refused::Contended);
+            return Err(Refused::Contended { current });
         }
         let deadline = self.deadline.load(Relaxed);
         let refused = if now < deadline {
@@ -369,50 +373,51 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
     /// Waits for the lock: a few looks with the relax hook between them, then parking until the
     /// holder's deadline (or `give_up`), woken early by a release. `None` once the clock reaches
     /// `give_up`.
+    ///
+    /// A parked waiter has read the deadline under LOCKED once; it then sleeps on that knowledge,
+    /// without touching the state word, for as long as the state word is unchanged and the clock
+    /// has not reached that deadline. A renewal that moves the deadline earlier wakes it.
     #[cold]
     #[cfg_attr(loom, allow(clippy::absurd_extreme_comparisons))]
     fn wait(&self, lease: Duration, give_up: Option<u64>) -> Option<Lease<'_, T, C>> {
         let mut attempt = 0_u32;
+        // The state word this waiter left (PARKED set), and the deadline it read under LOCKED.
+        let mut watching: Option<(u64, u64)> = None;
         loop {
             let now = nanos(self.clock.now());
             let state = self.state.load(Relaxed);
-            let until = if state & (HELD | LOCKED) == 0 {
-                if let Some(acquired) = self.acquire_free(state, now, lease) {
-                    return Some(acquired);
+            match watching {
+                Some((seen, deadline)) if state == seen && now < deadline => {}
+                _ if state & (HELD | LOCKED) != HELD || attempt < LOOKS_BEFORE_PARKING => {
+                    watching = None;
+                    if let Some(acquired) = self.try_acquire_at(now, lease) {
+                        return Some(acquired);
+                    }
                 }
-                None
-            } else if state & LOCKED != 0 || attempt < LOOKS_BEFORE_PARKING {
-                if let Some(acquired) = self.try_acquire_at(now, lease) {
-                    return Some(acquired);
-                }
-                None
-            } else {
-                match self.take_over(state, now, lease, true) {
+                _ => match self.take_over(state, now, lease, true) {
                     Ok(acquired) => return Some(acquired),
-                    Err(Refused::Held { deadline }) => Some(deadline),
-                    Err(Refused::Exhausted) => Some(u64::MAX),
-                    Err(Refused::Contended) => None,
-                }
-            };
+                    Err(Refused::Held { deadline }) => watching = Some((state | PARKED, deadline)),
+                    Err(Refused::Exhausted) => watching = Some((state | PARKED, u64::MAX)),
+                    Err(Refused::Contended { .. }) => watching = None,
+                },
+            }
             if give_up.is_some_and(|give_up| now >= give_up) {
                 return None;
             }
-            match until {
-                // The holder's lease runs until `deadline`, and PARKED is set: sleep until then,
-                // unless its release (which sees PARKED) wakes us first.
-                Some(deadline) => {
+            match watching {
+                // PARKED is set: sleep until the deadline, unless a release or a renewal that
+                // moves the deadline earlier (which see PARKED) wakes us first.
+                Some((seen, deadline)) => {
                     let until = give_up.map_or(deadline, |give_up| give_up.min(deadline));
                     let ahead = Duration::from_nanos(until.saturating_sub(now));
-                    let generation = state >> GENERATION_SHIFT;
-                    primitive::park(
+                    let woken = primitive::park(
                         self.park_key(),
-                        || {
-                            let current = self.state.load(Relaxed);
-                            current >> GENERATION_SHIFT == generation
-                                && current & (HELD | PARKED) == HELD | PARKED
-                        },
+                        || self.state.load(Relaxed) == seen,
                         self.clock.max_sleep(ahead),
                     );
+                    if woken {
+                        watching = None;
+                    }
                 }
                 None => {
                     primitive::relax::<Backoff>(attempt);
@@ -422,8 +427,16 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
         }
     }
 
-    /// Renews lease `generation`, whose holder read `now` and found it still running.
-    fn renew(&self, generation: u64, now: u64, lease: Duration) -> Result<u64, LeaseLost> {
+    /// Renews lease `generation`, which ended at `old` and which its holder found still running
+    /// at `now`; returns the new deadline.
+    fn renew(
+        &self,
+        generation: u64,
+        old: u64,
+        now: u64,
+        lease: Duration,
+    ) -> Result<u64, LeaseLost> {
+        let deadline = now.saturating_add(nanos(lease));
         let mut attempt = 0_u32;
         loop {
             let state = self.state.load(Relaxed);
@@ -438,11 +451,17 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
                     .compare_exchange(state, state | LOCKED, Relaxed, Relaxed)
                     .is_ok()
             {
-                let deadline = now.saturating_add(nanos(lease));
                 self.deadline.store(deadline, Relaxed);
+                // Parked waiters sleep until the old deadline: if it moved earlier, wake them
+                // (clearing PARKED; they set it again if they park again).
+                let wake = deadline < old && state & PARKED != 0;
+                let unlocked = if wake { state & !PARKED } else { state };
                 // Release pairs with the Acquire CAS in `take_over`: a taker that comes after
                 // this renewal sees the new deadline. Nobody else writes `state` under LOCKED.
-                self.state.store(state, Release);
+                self.state.store(unlocked, Release);
+                if wake {
+                    primitive::unpark_all(self.park_key());
+                }
                 return Ok(deadline);
             }
             primitive::relax::<Backoff>(attempt);
@@ -454,7 +473,7 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
     #[inline]
     fn release(&self, generation: u64) -> Result<(), LeaseLost> {
         let held = generation << GENERATION_SHIFT | HELD;
-        // Release pairs with the Acquire CAS in `acquire_free`: everything done under this lease
+        // Release pairs with the Acquire CAS in `try_acquire_at`: everything done under this lease
         // happens-before the next one. The CAS compares the whole word, generation included: it
         // cannot release a newer lease.
         match self
@@ -554,8 +573,9 @@ impl<T: ?Sized, C> fmt::Debug for DeadlineLock<T, C> {
 enum Refused {
     /// The lease runs until `deadline`.
     Held { deadline: u64 },
-    /// Another thread changed the state word first (it holds LOCKED, or released, or took over).
-    Contended,
+    /// Another thread changed the state word first (it holds LOCKED, or released, or took over):
+    /// `current` is what the state word holds now.
+    Contended { current: u64 },
     /// The lock has issued its last generation.
     Exhausted,
 }
@@ -660,7 +680,9 @@ impl<T: ?Sized, C: Clock> Lease<'_, T, C> {
         if let Some(lost) = self.lock.lost(self.generation, self.deadline, now) {
             return Err(lost);
         }
-        self.deadline = self.lock.renew(self.generation, now, lease)?;
+        self.deadline = self
+            .lock
+            .renew(self.generation, self.deadline, now, lease)?;
         Ok(())
     }
 

@@ -63,8 +63,8 @@ pub(crate) fn yield_now() {
 
 /// Parks the calling thread on `key` (an address the caller owns) for at most `sleep`, unless
 /// `validate` — called under parking_lot_core's queue lock, so that no `unpark_all(key)` can slip
-/// between it and the sleep — returns `false`. Returns when woken, when `sleep` has passed, or at
-/// once if `validate` failed; callers look at their state again in every case.
+/// between it and the sleep — returns `false`. Returns `true` when woken by `unpark_all`; `false`
+/// when `sleep` has passed, or at once if `validate` failed.
 ///
 /// `validate` must not panic, nor call into the parking functions.
 ///
@@ -72,13 +72,17 @@ pub(crate) fn yield_now() {
 /// spinner that loom schedules like any other (and `unpark_all` has nothing to do).
 #[cfg(all(feature = "std", not(loom)))]
 #[inline]
-pub(crate) fn park(key: usize, validate: impl FnOnce() -> bool, sleep: core::time::Duration) {
+pub(crate) fn park(
+    key: usize,
+    validate: impl FnOnce() -> bool,
+    sleep: core::time::Duration,
+) -> bool {
     // `None` when `now + sleep` does not fit in an `Instant`: such a sleep is "until woken".
     let until = std::time::Instant::now().checked_add(sleep);
     // SAFETY: `key` is the address of an atomic in the caller's lock, so no other primitive parks
     // on it; `validate` neither panics nor calls parking_lot_core, and the two other callbacks
     // do nothing.
-    unsafe {
+    let parked = unsafe {
         parking_lot_core::park(
             key,
             validate,
@@ -86,17 +90,23 @@ pub(crate) fn park(key: usize, validate: impl FnOnce() -> bool, sleep: core::tim
             |_, _| {},
             parking_lot_core::DEFAULT_PARK_TOKEN,
             until,
-        );
-    }
+        )
+    };
+    parked.is_unparked()
 }
 
 #[cfg(all(feature = "std", loom))]
 #[inline]
-pub(crate) fn park(key: usize, validate: impl FnOnce() -> bool, sleep: core::time::Duration) {
+pub(crate) fn park(
+    key: usize,
+    validate: impl FnOnce() -> bool,
+    sleep: core::time::Duration,
+) -> bool {
     let _ = (key, sleep);
     if validate() {
         loom::thread::yield_now();
     }
+    false
 }
 
 /// Wakes every thread parked on `key`.
