@@ -86,8 +86,8 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
 /// On unix it reads `CLOCK_MONOTONIC` itself, whose epoch is the machine's boot: that is the
 /// clock `Instant::now()` reads, without the epoch arithmetic an `Instant` needs to become a
 /// `Duration` — which matters, since the clock read is most of the cost of taking a lease.
-/// Elsewhere it is an `Instant` measured from the first time any `MonotonicClock` was read in the
-/// process. Zero-sized either way.
+/// Elsewhere (and under loom) it is an `Instant` measured from the first time any
+/// `MonotonicClock` was read in the process. Zero-sized either way.
 ///
 /// Needs the `std` feature.
 ///
@@ -107,7 +107,7 @@ pub struct MonotonicClock;
 #[cfg(feature = "std")]
 impl MonotonicClock {
     /// `CLOCK_MONOTONIC`, read directly.
-    #[cfg(unix)]
+    #[cfg(all(unix, not(loom)))]
     #[inline]
     fn read() -> Duration {
         let mut now = libc::timespec {
@@ -125,8 +125,8 @@ impl MonotonicClock {
 
     /// `Instant`, since the first read in the process: the portable way, and the unix fallback
     /// should `clock_gettime` ever fail.
-    #[cfg_attr(unix, cold)]
-    #[cfg_attr(not(unix), inline)]
+    #[cfg_attr(all(unix, not(loom)), cold)]
+    #[cfg_attr(not(all(unix, not(loom))), inline)]
     fn read_instant() -> Duration {
         static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
         EPOCH.get_or_init(std::time::Instant::now).elapsed()
@@ -137,9 +137,9 @@ impl MonotonicClock {
 impl Clock for MonotonicClock {
     #[inline]
     fn now(&self) -> Duration {
-        #[cfg(unix)]
+        #[cfg(all(unix, not(loom)))]
         return Self::read();
-        #[cfg(not(unix))]
+        #[cfg(not(all(unix, not(loom))))]
         return Self::read_instant();
     }
 
