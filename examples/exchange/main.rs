@@ -6,6 +6,7 @@
 //! `cargo run --release --example exchange`; the process exits non-zero if any check fails.
 
 mod rng;
+mod settlement;
 mod trading;
 
 use std::process::ExitCode;
@@ -14,10 +15,16 @@ use std::process::ExitCode;
 type Step = (&'static str, fn() -> Result<String, String>);
 
 fn main() -> ExitCode {
-    let steps: [Step; 1] = [(
-        "trading: each stock's book behind its own SpinLock",
-        trading::run,
-    )];
+    let steps: [Step; 2] = [
+        (
+            "trading: each stock's book behind its own SpinLock",
+            trading::run,
+        ),
+        (
+            "settlement: books under DeadlineLock leases, ledgers fenced by their tokens",
+            settlement::run,
+        ),
+    ];
     let mut failed = false;
     for (name, step) in steps {
         println!("== {name}");
