@@ -10,6 +10,13 @@
 //!   in the caller's order; an array, a tuple of locks of different types, or a slice (a
 //!   [`LockSet`]). Naming a lock twice is refused with [`SameLock`] before anything is taken.
 //!   [`LockTable`] is a lock per key for keys not known up front, striped in fixed memory.
+//! - [`DeadlineLock`]: a lock whose holder gets a [`Lease`] that ends by itself, so a crashed
+//!   holder cannot block everyone forever. Every acquisition — a takeover of an ended lease
+//!   included — carries the next [`FencingToken`]; a [`Fenced`] resource refuses writes from a
+//!   holder that stalled past its lease and was taken over ([`StaleToken`]). Time comes from a
+//!   [`Clock`]: [`MonotonicClock`] by default, [`ManualClock`] in tests.
+//! - [`Versioned`]: optimistic concurrency — commit only if the [`Version`] you read is still
+//!   current, else get a [`Conflict`] and your value back.
 //!
 //! Every atomic protocol in the crate is model-checked with [loom](https://docs.rs/loom). Build
 //! with `RUSTFLAGS="--cfg loom"` and the crate's atomics and cells become loom's, so that your own
@@ -46,8 +53,9 @@
 //!
 //! # Features
 //!
-//! - `std` (default): [`Yield`], and [`Backoff`] yielding once spinning stops paying. Without it
-//!   the crate is `no_std` and waits by spinning only.
+//! - `std` (default): [`Yield`], and [`Backoff`] yielding once spinning stops paying;
+//!   [`DeadlineLock`] and [`MonotonicClock`] (waiting parks through `parking_lot_core`). Without
+//!   it the crate is `no_std` and waits by spinning only.
 //! - `lock_api` (default): `RawSpinLock` implements `lock_api::RawMutex`.
 //! - `lockdep` (off; implies `std`): each thread records the `SpinLock`s it holds, and a `lock()`
 //!   against the global lock order panics naming both call sites, so an ABBA deadlock shows in a
@@ -58,6 +66,10 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+mod clock;
+#[cfg(all(feature = "std", target_has_atomic = "64"))]
+mod deadline_lock;
+mod fencing;
 #[cfg(feature = "std")]
 mod lock_table;
 mod lockdep;
@@ -66,6 +78,7 @@ mod primitive;
 mod raw_spin_lock;
 pub mod relax;
 mod spin_lock;
+mod versioned;
 
 #[cfg(feature = "std")]
 pub use crate::lock_table::{KeyGuard, LockTable};
@@ -82,3 +95,12 @@ pub use crate::spin_lock::{SpinLock, SpinLockGuard};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+pub use crate::clock::Clock;
+#[cfg(target_has_atomic = "64")]
+pub use crate::clock::ManualClock;
+#[cfg(feature = "std")]
+pub use crate::clock::MonotonicClock;
+#[cfg(all(feature = "std", target_has_atomic = "64"))]
+pub use crate::deadline_lock::{DeadlineLock, Lease, LeaseLost};
+pub use crate::fencing::{Fenced, FencingToken, StaleToken};
+pub use crate::versioned::{Conflict, Version, Versioned};

@@ -9,10 +9,15 @@
 //! overlapping accesses as a data race.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU8, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{AtomicU8, Ordering};
+
+/// Only targets with 64-bit atomics have it (not, for instance, `thumbv7em`): what needs it is
+/// gated on `target_has_atomic = "64"`.
+#[cfg(all(not(loom), target_has_atomic = "64"))]
+pub(crate) use core::sync::atomic::AtomicU64;
 
 #[cfg(loom)]
 pub(crate) use loom::cell::{MutPtr, UnsafeCell};
@@ -63,6 +68,68 @@ pub(crate) fn yield_now() {
     std::thread::yield_now();
 }
 
+/// Parks the calling thread on `key` (an address the caller owns) for at most `sleep`, unless
+/// `validate` — called under parking_lot_core's queue lock, so that no `unpark_all(key)` can slip
+/// between it and the sleep — returns `false`. Returns `true` when woken by `unpark_all`; `false`
+/// when `sleep` has passed, or at once if `validate` failed.
+///
+/// `validate` must not panic, nor call into the parking functions.
+///
+/// Under loom there is no parking and no time: a park is one `yield_now`, so a waiter is a
+/// spinner that loom schedules like any other (and `unpark_all` has nothing to do).
+#[cfg(all(feature = "std", not(loom)))]
+#[inline]
+pub(crate) fn park(
+    key: usize,
+    validate: impl FnOnce() -> bool,
+    sleep: core::time::Duration,
+) -> bool {
+    // `None` when `now + sleep` does not fit in an `Instant`: such a sleep is "until woken".
+    let until = std::time::Instant::now().checked_add(sleep);
+    // SAFETY: `key` is the address of an atomic in the caller's lock, so no other primitive parks
+    // on it; `validate` neither panics nor calls parking_lot_core, and the two other callbacks
+    // do nothing.
+    let parked = unsafe {
+        parking_lot_core::park(
+            key,
+            validate,
+            || {},
+            |_, _| {},
+            parking_lot_core::DEFAULT_PARK_TOKEN,
+            until,
+        )
+    };
+    parked.is_unparked()
+}
+
+#[cfg(all(feature = "std", loom))]
+#[inline]
+pub(crate) fn park(
+    key: usize,
+    validate: impl FnOnce() -> bool,
+    sleep: core::time::Duration,
+) -> bool {
+    let _ = (key, sleep);
+    if validate() {
+        loom::thread::yield_now();
+    }
+    false
+}
+
+/// Wakes every thread parked on `key`.
+#[cfg(all(feature = "std", not(loom)))]
+#[inline]
+pub(crate) fn unpark_all(key: usize) {
+    // SAFETY: `key` is the address of an atomic in the caller's lock (see `park`).
+    unsafe { parking_lot_core::unpark_all(key, parking_lot_core::DEFAULT_UNPARK_TOKEN) };
+}
+
+#[cfg(all(feature = "std", loom))]
+#[inline]
+pub(crate) fn unpark_all(key: usize) {
+    let _ = key;
+}
+
 /// Declares a `const fn` that stays `const` on the real machine and is a plain `fn` under loom,
 /// whose atomics cannot be built in a const context.
 macro_rules! const_fn_unless_loom {
@@ -99,6 +166,13 @@ mod cell {
         /// Runs `f` with a pointer that may be written through, for the duration of `f`.
         #[inline]
         pub(crate) fn with_mut<F: FnOnce(*mut T) -> U, U>(&self, f: F) -> U {
+            f(self.0.get())
+        }
+
+        /// Runs `f` with a pointer that may only be read through, for the duration of `f`.
+        #[cfg_attr(not(feature = "std"), allow(dead_code))]
+        #[inline]
+        pub(crate) fn with<F: FnOnce(*const T) -> U, U>(&self, f: F) -> U {
             f(self.0.get())
         }
 

@@ -6,6 +6,7 @@
 //! `cargo run --release --example exchange`; the process exits non-zero if any check fails.
 
 mod rng;
+mod settlement;
 mod trading;
 mod transfers;
 
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 type Step = fn() -> Result<String, String>;
 
 fn main() -> ExitCode {
-    let steps: [(&str, Step); 2] = [
+    let steps: [(&str, Step); 3] = [
         (
             "trading: each stock's book behind its own SpinLock",
             trading::run,
@@ -23,6 +24,10 @@ fn main() -> ExitCode {
         (
             "transfers: two accounts per trade, taken with lock_all in one global order",
             transfers::run,
+        ),
+        (
+            "settlement: books under DeadlineLock leases, ledgers fenced by their tokens",
+            settlement::run,
         ),
     ];
     let mut failed = false;

@@ -3,6 +3,9 @@
 //! `cargo test -p fencelock-lockdep-tests` (part of `cargo test --workspace`).
 #![cfg(all(feature = "lockdep", not(loom)))]
 
+// The member compiles fencelock from its own source under this name (see its Cargo.toml).
+extern crate fencelock_lockdep as fencelock;
+
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 

@@ -7,6 +7,9 @@
 //!
 //! Preemption bounds are stated per model: 3 for two threads, 2 for three.
 
+// The member compiles fencelock from its own source under this name (see its Cargo.toml).
+extern crate fencelock_loom as fencelock;
+
 use fencelock::{lock_all, try_lock_all, LockTable, SpinLock};
 use loom::cell::UnsafeCell;
 use loom::model::Builder;

@@ -1,0 +1,388 @@
+//! `DeadlineLock`, `Fenced` and `Versioned` across threads, and at the edges of their input.
+//!
+//! Time comes from a `ManualClock` that the test drives; nothing sleeps, nothing asserts on
+//! timing. Stress loops shrink under Miri.
+#![cfg(not(loom))]
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use fencelock::{
+    Clock, DeadlineLock, Fenced, FencingToken, LeaseLost, ManualClock, MonotonicClock, StaleToken,
+    Versioned,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Iterations per thread in the stress tests.
+const ROUNDS: u64 = if cfg!(miri) { 20 } else { 2_000 };
+
+fn manual_lock<T>(value: T) -> (DeadlineLock<T, Arc<ManualClock>>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new());
+    (DeadlineLock::with_clock(value, Arc::clone(&clock)), clock)
+}
+
+#[test]
+fn tokens_count_every_acquisition_from_one() {
+    let (lock, clock) = manual_lock(());
+    let first = lock.try_acquire(SECOND).unwrap();
+    assert_eq!(first.token(), FencingToken::new(1));
+    first.release().unwrap();
+    let second = lock.acquire(SECOND);
+    assert_eq!(second.token().get(), 2);
+    clock.advance(SECOND);
+    let third = lock.try_acquire(SECOND).unwrap(); // a takeover is an acquisition too
+    assert_eq!(third.token().get(), 3);
+    assert!(second.token() < third.token());
+}
+
+#[test]
+fn a_zero_lease_ends_at_once() {
+    let (lock, _clock) = manual_lock(5);
+    let mut lease = lock.try_acquire(Duration::ZERO).unwrap();
+    assert!(!lease.is_valid());
+    assert_eq!(lease.remaining(), None);
+    assert_eq!(lease.with(|v| *v), Err(LeaseLost::Expired));
+    assert_eq!(lease.renew(SECOND), Err(LeaseLost::Expired));
+    let next = lock.try_acquire(SECOND).unwrap();
+    assert_eq!(next.token().get(), 2);
+    assert_eq!(
+        lease.with_mut(|v| *v += 1),
+        Err(LeaseLost::TakenOver { by: next.token() })
+    );
+    assert_eq!(next.with(|v| *v), Ok(5));
+}
+
+#[test]
+fn renewing_to_zero_ends_the_lease() {
+    let (lock, _clock) = manual_lock(());
+    let mut lease = lock.acquire(SECOND);
+    lease.renew(Duration::ZERO).unwrap();
+    assert!(!lease.is_valid());
+    assert!(lock.try_acquire(SECOND).is_some());
+}
+
+#[test]
+fn a_huge_lease_saturates_instead_of_wrapping() {
+    let (lock, clock) = manual_lock(());
+    clock.advance(SECOND);
+    let mut lease = lock.try_acquire(Duration::MAX).unwrap();
+    let left = lease.remaining().unwrap();
+    assert_eq!(left, Duration::from_nanos(u64::MAX) - SECOND);
+    clock.advance(Duration::from_secs(100 * 365 * 24 * 3600));
+    assert!(lease.is_valid());
+    assert!(lock.try_acquire(SECOND).is_none());
+    lease.renew(Duration::MAX).unwrap();
+    assert!(lease.is_valid());
+    // The clock saturates at the same end of time: there, even a saturated lease has ended.
+    clock.advance(Duration::MAX);
+    assert!(!lease.is_valid());
+    assert_eq!(lock.try_acquire(SECOND).unwrap().token().get(), 2);
+}
+
+#[test]
+fn remaining_counts_down_with_the_clock() {
+    let (lock, clock) = manual_lock(());
+    let lease = lock.acquire(Duration::from_millis(300));
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(lease.remaining(), Some(Duration::from_millis(200)));
+    clock.advance(Duration::from_millis(200));
+    assert_eq!(lease.remaining(), None);
+}
+
+#[test]
+fn a_stale_holder_changes_nothing() {
+    let (lock, clock) = manual_lock(0_u32);
+    let mut stale = lock.acquire(SECOND);
+    clock.advance(SECOND);
+    let mut current = lock.try_acquire(Duration::from_secs(3)).unwrap();
+    let lost = LeaseLost::TakenOver {
+        by: current.token(),
+    };
+
+    assert_eq!(stale.renew(Duration::from_secs(100)), Err(lost));
+    assert_eq!(stale.with_mut(|v| *v = 99), Err(lost));
+    assert_eq!(stale.with(|v| *v), Err(lost));
+    assert_eq!(stale.remaining(), None);
+    assert_eq!(stale.release(), Err(lost));
+
+    // The new lease is untouched: same time left, still exclusive, still writable.
+    assert_eq!(current.remaining(), Some(Duration::from_secs(3)));
+    assert!(lock.try_acquire(SECOND).is_none());
+    current.with_mut(|v| *v += 1).unwrap();
+    clock.advance(Duration::from_secs(3));
+    assert!(!current.is_valid());
+    assert_eq!(lock.try_acquire(SECOND).unwrap().token().get(), 3);
+}
+
+#[test]
+fn an_ended_lease_nobody_took_is_released_without_reading_the_clock() {
+    let (lock, clock) = manual_lock(());
+    let mut lease = lock.acquire(SECOND);
+    clock.advance(SECOND);
+    assert_eq!(lease.renew(SECOND), Err(LeaseLost::Expired));
+    assert_eq!(lease.with(|()| ()), Err(LeaseLost::Expired));
+    // Still the lock's latest lease: releasing it frees the lock for the next generation.
+    assert_eq!(lease.release(), Ok(()));
+    assert_eq!(lock.try_acquire(SECOND).unwrap().token().get(), 2);
+}
+
+#[test]
+fn dropping_a_lease_releases_it_only_if_it_is_still_the_latest() {
+    let (lock, clock) = manual_lock(());
+    drop(lock.acquire(SECOND));
+    let stale = lock.acquire(SECOND);
+    clock.advance(SECOND);
+    let current = lock.try_acquire(SECOND).unwrap();
+    drop(stale);
+    assert!(current.is_valid());
+    assert!(lock.try_acquire(SECOND).is_none());
+}
+
+#[test]
+fn renewing_keeps_the_lease_past_its_first_deadline() {
+    let (lock, clock) = manual_lock(());
+    let mut lease = lock.acquire(SECOND);
+    for _ in 0..5 {
+        clock.advance(Duration::from_millis(600));
+        lease.renew(SECOND).unwrap();
+        assert!(lock.try_acquire(SECOND).is_none());
+    }
+    assert_eq!(lease.remaining(), Some(SECOND));
+}
+
+#[test]
+fn acquire_timeout_gives_up_by_the_clock() {
+    let (lock, clock) = manual_lock(());
+    let _holder = lock.acquire(Duration::MAX);
+    assert!(lock.acquire_timeout(SECOND, Duration::ZERO).is_none());
+    let done = AtomicBool::new(false);
+    thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let got = lock
+                .acquire_timeout(SECOND, Duration::from_secs(5))
+                .is_some();
+            done.store(true, Relaxed);
+            got
+        });
+        // Drive the clock until the waiter gives up; the holder's lease never ends.
+        while !done.load(Relaxed) {
+            clock.advance(SECOND);
+            thread::yield_now();
+        }
+        assert!(!waiter.join().unwrap());
+    });
+}
+
+#[test]
+fn acquire_timeout_takes_over_an_ending_lease() {
+    let (lock, clock) = manual_lock(());
+    let stalled = lock.acquire(SECOND);
+    clock.advance(SECOND);
+    let lease = lock.acquire_timeout(SECOND, Duration::ZERO).unwrap();
+    assert!(lease.token() > stalled.token());
+}
+
+#[test]
+fn acquire_ends_once_the_clock_passes_a_stalled_holders_deadline() {
+    let (lock, clock) = manual_lock(());
+    let stalled = lock.acquire(Duration::from_secs(10));
+    thread::scope(|s| {
+        let waiter = s.spawn(|| lock.acquire(Duration::from_secs(10)).token());
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(waiter.join().unwrap().get(), 2);
+    });
+    assert!(!stalled.is_valid());
+}
+
+#[test]
+fn a_release_wakes_a_waiter() {
+    let lock = DeadlineLock::new(0_u32);
+    let mut holder = lock.acquire(Duration::from_secs(3600));
+    thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let mut lease = lock.acquire(Duration::from_secs(3600));
+            lease.with_mut(|v| *v += 1).unwrap();
+            lease.token()
+        });
+        holder.with_mut(|v| *v += 1).unwrap();
+        holder.release().unwrap();
+        assert_eq!(waiter.join().unwrap().get(), 2);
+    });
+    assert_eq!(lock.into_inner(), 2);
+}
+
+#[test]
+fn a_renewal_that_shortens_the_lease_wakes_waiters() {
+    let (lock, _clock) = manual_lock(());
+    let mut holder = lock.acquire(Duration::from_secs(3600));
+    thread::scope(|s| {
+        let waiter = s.spawn(|| lock.acquire(SECOND).token());
+        // Whether the waiter is parked by now or not, ending the lease lets it in: the clock
+        // never moves in this test, so only the renewal's wake-up (or its new deadline, if the
+        // waiter looks afterwards) can end the wait.
+        holder.renew(Duration::ZERO).unwrap();
+        assert_eq!(waiter.join().unwrap().get(), 2);
+    });
+}
+
+/// Many threads take the lock in turn, with leases that never end: every increment lands, and each
+/// thread sees its tokens grow.
+#[test]
+fn acquire_and_release_under_contention() {
+    let lock = DeadlineLock::new(0_u64);
+    thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut last = FencingToken::new(0);
+                for _ in 0..ROUNDS {
+                    let mut lease = lock.acquire(Duration::from_secs(3600));
+                    assert!(lease.token() > last);
+                    last = lease.token();
+                    lease.with_mut(|v| *v += 1).unwrap();
+                    lease.release().unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(lock.into_inner(), 4 * ROUNDS);
+}
+
+/// Leases that end while in use: threads take over from each other as another thread moves the
+/// clock. Accesses never overlap (each thread's read-modify-write is split in two, so an overlap
+/// would lose an increment), and the final count is exactly the accesses that were admitted.
+#[test]
+fn takeovers_never_let_accesses_overlap() {
+    let (lock, clock) = manual_lock((0_u64, 0_u64));
+    let admitted: u64 = thread::scope(|s| {
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut admitted = 0;
+                    for _ in 0..ROUNDS {
+                        let Some(mut lease) = lock.try_acquire(Duration::from_millis(2)) else {
+                            thread::yield_now();
+                            continue;
+                        };
+                        for _ in 0..3 {
+                            let written = lease.with_mut(|(count, shadow)| {
+                                let seen = *count;
+                                std::hint::black_box(&*shadow);
+                                *count = seen + 1;
+                                *shadow += 1;
+                            });
+                            admitted += u64::from(written.is_ok());
+                        }
+                        // Leases are often dropped after they ended and were taken over.
+                        drop(lease);
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let ticker = s.spawn(|| {
+            for _ in 0..ROUNDS {
+                clock.advance(Duration::from_millis(1));
+                thread::yield_now();
+            }
+        });
+        ticker.join().unwrap();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    let (count, shadow) = lock.into_inner();
+    assert_eq!((count, shadow), (admitted, admitted));
+}
+
+#[test]
+fn monotonic_clock_is_the_default_and_monotonic() {
+    let lock: DeadlineLock<u8> = DeadlineLock::default();
+    let lease = lock.acquire(Duration::from_secs(3600));
+    assert!(lease.remaining().unwrap() <= Duration::from_secs(3600));
+    let (a, b) = (MonotonicClock.now(), MonotonicClock.now());
+    assert!(a <= b);
+    assert_eq!(std::mem::size_of::<DeadlineLock<()>>(), 24);
+}
+
+#[test]
+fn errors_explain_themselves() {
+    let lost = LeaseLost::TakenOver {
+        by: FencingToken::new(7),
+    };
+    assert_eq!(lost.to_string(), "the lease was taken over by token 7");
+    assert_eq!(LeaseLost::Expired.to_string(), "the lease ran out");
+    let stale = StaleToken {
+        presented: FencingToken::new(3),
+        highest: FencingToken::new(4),
+    };
+    assert_eq!(
+        stale.to_string(),
+        "stale fencing token 3: the resource has admitted token 4"
+    );
+    let boxed: Box<dyn std::error::Error> = Box::new(lost);
+    assert!(boxed.to_string().contains("taken over"));
+}
+
+// ---- Fenced and Versioned ----
+
+/// A stalled holder's late write reaches the fenced resource after the new holder's: refused.
+#[test]
+fn fenced_refuses_a_write_from_a_lease_that_was_taken_over() {
+    let (lock, clock) = manual_lock(());
+    let ledger = Fenced::new(Vec::new());
+    let stalled = lock.acquire(SECOND);
+    clock.advance(SECOND);
+    let current = lock.try_acquire(SECOND).unwrap();
+    ledger
+        .write(current.token(), |l| l.push("current"))
+        .unwrap();
+    assert_eq!(
+        ledger.write(stalled.token(), |l| l.push("stalled")),
+        Err(StaleToken {
+            presented: stalled.token(),
+            highest: current.token()
+        })
+    );
+    assert_eq!(ledger.into_inner(), ["current"]);
+}
+
+/// Writers with random tokens: the admitted ones, in the order admitted, never go down.
+#[test]
+fn fenced_admits_a_non_decreasing_sequence() {
+    let ledger = Fenced::new(Vec::new());
+    thread::scope(|s| {
+        for seed in 1..=4_u64 {
+            let ledger = &ledger;
+            s.spawn(move || {
+                let mut x = seed;
+                for _ in 0..ROUNDS {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let token = FencingToken::new(x % 1000);
+                    let _ = ledger.write(token, |l| l.push(token));
+                }
+            });
+        }
+    });
+    let admitted = ledger.into_inner();
+    assert!(admitted.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[test]
+fn versioned_updates_from_many_threads_all_land() {
+    let cell = Versioned::new(0_u64);
+    thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..ROUNDS {
+                    cell.update(|v| v + 1);
+                }
+            });
+        }
+    });
+    let (value, version) = cell.load();
+    assert_eq!(value, 4 * ROUNDS);
+    assert_eq!(version.get(), 4 * ROUNDS);
+}
