@@ -191,6 +191,13 @@ impl<T: ?Sized, C> DeadlineLock<T, C> {
     fn park_key(&self) -> usize {
         core::ptr::from_ref(&self.state).addr()
     }
+
+    /// This lock's place in the global lock order of [`acquire_all`](crate::acquire_all): the
+    /// state word's address, which no other live lock shares.
+    #[inline]
+    pub(crate) fn order_key(&self) -> usize {
+        self.park_key()
+    }
 }
 
 impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {

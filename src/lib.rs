@@ -10,6 +10,7 @@
 //!   in the caller's order; an array, a tuple of locks of different types, or a slice (a
 //!   [`LockSet`]). Naming a lock twice is refused with [`SameLock`] before anything is taken.
 //!   [`LockTable`] is a lock per key for keys not known up front, striped in fixed memory.
+//!   [`acquire_all`] does the same for [`DeadlineLock`] leases.
 //! - [`DeadlineLock`]: a lock whose holder gets a [`Lease`] that ends by itself, so a crashed
 //!   holder cannot block everyone forever. Every acquisition — a takeover of an ended lease
 //!   included — carries the next [`FencingToken`]; a [`Fenced`] resource refuses writes from a
@@ -82,6 +83,8 @@ mod versioned;
 
 #[cfg(feature = "std")]
 pub use crate::lock_table::{KeyGuard, LockTable};
+#[cfg(all(feature = "std", target_has_atomic = "64"))]
+pub use crate::ordered::acquire_all;
 #[cfg(feature = "std")]
 pub use crate::ordered::lock_slice;
 pub use crate::ordered::{lock_all, try_lock_all, LockSet, SameLock};

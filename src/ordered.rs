@@ -23,6 +23,13 @@ use core::fmt;
 use core::mem::{ManuallyDrop, MaybeUninit};
 use core::ptr;
 
+#[cfg(all(feature = "std", target_has_atomic = "64"))]
+use core::time::Duration;
+
+#[cfg(all(feature = "std", target_has_atomic = "64"))]
+use crate::clock::Clock;
+#[cfg(all(feature = "std", target_has_atomic = "64"))]
+use crate::deadline_lock::{DeadlineLock, Lease};
 use crate::lockdep;
 use crate::relax::Relax;
 use crate::spin_lock::{SpinLock, SpinLockGuard};
@@ -283,6 +290,41 @@ pub fn lock_slice<'a, T: ?Sized, R: Relax>(
     locks: &[&'a SpinLock<T, R>],
 ) -> Result<Vec<SpinLockGuard<'a, T, R>>, SameLock> {
     lock_all(locks)
+}
+
+/// Takes a lease of length `lease` on every lock of `locks`, in the global lock order, waiting
+/// as [`DeadlineLock::acquire`] does; returns the leases, each with its fencing token, in the
+/// caller's order. Naming one lock twice returns [`SameLock`] before anything is taken.
+///
+/// The leases are taken one after another, so once the last is taken the earlier ones are renewed
+/// to `lease`: all of them end together, `lease` after the last acquisition. A lease that was lost
+/// while a later lock was awaited (it ran out and was taken over) cannot be renewed; it is returned
+/// as it is and reports [`LeaseLost`](crate::LeaseLost) on use — as any lease may, once returned.
+///
+/// ```
+/// use std::time::Duration;
+/// use fencelock::{acquire_all, DeadlineLock};
+///
+/// let (alice, bob) = (DeadlineLock::new(100_i64), DeadlineLock::new(0_i64));
+/// let [mut from, mut to] = acquire_all([&alice, &bob], Duration::from_secs(1)).unwrap();
+/// from.with_mut(|cash| *cash -= 10).unwrap();
+/// to.with_mut(|cash| *cash += 10).unwrap();
+/// assert!(from.token().get() == 1 && to.token().get() == 1);
+/// ```
+#[cfg(all(feature = "std", target_has_atomic = "64"))]
+pub fn acquire_all<'a, T: ?Sized, C: Clock, const N: usize>(
+    locks: [&'a DeadlineLock<T, C>; N],
+    lease: Duration,
+) -> Result<[Lease<'a, T, C>; N], SameLock> {
+    let order = LockOrder::by_key(&locks.map(DeadlineLock::order_key))?;
+    let Ok(mut leases) = order.take(|i| Ok::<_, Infallible>(locks[i].acquire(lease)));
+    if let Some((_last, earlier)) = order.0.split_last() {
+        for &position in earlier {
+            // A failure means this lease was lost meanwhile: it says so on use (see above).
+            let _ = leases[position].renew(lease);
+        }
+    }
+    Ok(leases)
 }
 
 impl<T: ?Sized, R, const N: usize> sealed::Sealed for [&SpinLock<T, R>; N] {}

@@ -234,3 +234,42 @@ fn naive_opposite_orders_deadlock() {
         other.join().unwrap();
     });
 }
+
+/// `acquire_all` over two `DeadlineLock`s in opposite orders always finishes, and each thread's
+/// leases are both valid: no takeover happens, since the clock never moves. Bound 3.
+#[test]
+fn acquire_all_opposite_orders_finish() {
+    use fencelock::{acquire_all, DeadlineLock, ManualClock};
+    use std::time::Duration;
+
+    model(3, || {
+        // The clock's own atomic is loom's; std's Arc only shares it.
+        let clock = std::sync::Arc::new(ManualClock::new());
+        let a = Arc::new(DeadlineLock::with_clock(
+            0_u32,
+            std::sync::Arc::clone(&clock),
+        ));
+        let b = Arc::new(DeadlineLock::with_clock(
+            0_u32,
+            std::sync::Arc::clone(&clock),
+        ));
+        let lease = Duration::from_secs(1);
+        let other = {
+            let (a, b) = (Arc::clone(&a), Arc::clone(&b));
+            thread::spawn(move || {
+                let [mut first, mut second] = acquire_all([&*b, &*a], lease).unwrap();
+                first.with_mut(|n| *n += 1).unwrap();
+                second.with_mut(|n| *n += 1).unwrap();
+            })
+        };
+        {
+            let [mut first, mut second] = acquire_all([&*a, &*b], lease).unwrap();
+            first.with_mut(|n| *n += 1).unwrap();
+            second.with_mut(|n| *n += 1).unwrap();
+        }
+        other.join().unwrap();
+        let [first, second] = acquire_all([&*a, &*b], lease).unwrap();
+        assert_eq!(first.with(|n| *n), Ok(2));
+        assert_eq!(second.with(|n| *n), Ok(2));
+    });
+}
