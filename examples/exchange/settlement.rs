@@ -1,4 +1,4 @@
-//! Step 2, the seed's "Lock Timeout" and "Fencing Tokens": settlers move sold units from each
+//! Step 3, the seed's "Lock Timeout" and "Fencing Tokens": settlers move sold units from each
 //! stock's book to its ledger. A settler takes the book under a `DeadlineLock` lease, so a settler
 //! that dies cannot block settlement forever; and it writes the ledger — a `Fenced` resource —
 //! with its lease's token, so a settler that merely stalled past its lease cannot write after the
