@@ -12,6 +12,11 @@
 //! With the feature off (the default) every hook below is an empty `#[inline(always)]` function
 //! of a zero-sized `CallSite` and `lock()` carries no caller location: the checks cost nothing.
 //!
+//! The rule is the address order itself, not the orders observed so far: it is stricter than a
+//! deadlock detector. Nesting in a fixed hierarchy (always the outer lock, then the inner one) is
+//! deadlock-free, yet it is reported whenever the inner lock sits at a lower address; take such
+//! locks together with `lock_all`, or leave the feature off for that code.
+//!
 //! Limits: only [`SpinLock`](crate::SpinLock)'s guards are tracked (not `RawSpinLock` used by
 //! hand); a guard dropped on another thread than the one that took it, or leaked with
 //! `mem::forget`, leaves its record behind on the taking thread, which may then report a lock it no

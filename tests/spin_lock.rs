@@ -408,6 +408,12 @@ fn waiter_gets_the_lock_and_sees_the_holders_writes() {
 }
 
 #[test]
+// Outer then inner, whatever their addresses: a fixed hierarchy, deadlock-free, but lockdep
+// checks the global (address) order and reports it whenever the inner lock sits lower.
+#[cfg_attr(
+    feature = "lockdep",
+    ignore = "nests locks in a hierarchy, not in address order"
+)]
 fn nested_arc_of_locks() {
     let inner = Arc::new(SpinLock::new(1));
     let outer = Arc::new(SpinLock::new(Arc::clone(&inner)));
