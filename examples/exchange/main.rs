@@ -5,6 +5,7 @@
 //! by checking that nothing was lost or duplicated. Run with
 //! `cargo run --release --example exchange`; the process exits non-zero if any check fails.
 
+mod market;
 mod rng;
 mod settlement;
 mod trading;

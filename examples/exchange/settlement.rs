@@ -13,9 +13,9 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::market::{unit_id, STOCKS};
 use fencelock::{DeadlineLock, Fenced, FencingToken, LeaseLost, StaleToken};
 
-const STOCKS: [&str; 4] = ["AAPL", "MSFT", "GOOG", "AMZN"];
 const UNITS_PER_STOCK: u32 = 2_000;
 const BATCH: usize = 10;
 const SETTLERS: usize = 4;
@@ -42,11 +42,6 @@ struct Stall {
     slept: Duration,
     refused: Result<(), StaleToken>,
     lost: Result<(), LeaseLost>,
-}
-
-/// A unit's id says which stock it belongs to.
-fn unit_id(stock: usize, n: u32) -> u32 {
-    stock as u32 * 1_000_000 + n
 }
 
 pub fn run() -> Result<String, String> {

@@ -9,9 +9,9 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 use fencelock::SpinLock;
 
+use crate::market::{unit_id, STOCKS};
 use crate::rng::Rng;
 
-const STOCKS: [&str; 4] = ["AAPL", "MSFT", "GOOG", "AMZN"];
 const UNITS_PER_STOCK: u32 = 1_000;
 const TRADERS: usize = 8;
 const TRADES_PER_TRADER: usize = 500_000;
@@ -22,11 +22,6 @@ struct Book {
     for_sale: Vec<u32>,
     sold: u64,
     bought_back: u64,
-}
-
-/// A unit's id says which stock it belongs to.
-fn unit_id(stock: usize, n: u32) -> u32 {
-    stock as u32 * 1_000_000 + n
 }
 
 pub fn run() -> Result<String, String> {

@@ -13,9 +13,9 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 use fencelock::{lock_all, SameLock, SpinLock};
 
+use crate::market::STOCKS;
 use crate::rng::Rng;
 
-const STOCKS: [&str; 4] = ["AAPL", "MSFT", "GOOG", "AMZN"];
 const TRADERS: usize = 6;
 const THREADS: usize = 4;
 const TRADES_PER_THREAD: usize = 250_000;
