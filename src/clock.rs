@@ -85,7 +85,8 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
 ///
 /// On unix it reads `CLOCK_MONOTONIC` itself, whose epoch is the machine's boot: that is the
 /// clock `Instant::now()` reads, without the epoch arithmetic an `Instant` needs to become a
-/// `Duration` — which matters, since the clock read is most of the cost of taking a lease.
+/// `Duration`. The clock read is most of the cost of taking a lease; the direct read saved about
+/// 2 ns of a 55 ns `try_acquire` + `release` (`cargo bench --bench deadline_lock`), within noise.
 /// Elsewhere (and under loom) it is an `Instant` measured from the first time any
 /// `MonotonicClock` was read in the process. Zero-sized either way.
 ///
