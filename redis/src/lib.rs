@@ -1,0 +1,81 @@
+//! fencelock's lease + fencing-token contract across processes and machines, on a Redis server.
+//!
+//! The seed's exchange runs many horizontally scaled servers selling the same stock: an
+//! in-process lock no longer helps. A [`RedisLock`] is one named resource's lock on a Redis
+//! server; [`try_acquire`](RedisLock::try_acquire) gives a [`RedisLease`] that ends by itself
+//! (a crashed holder blocks nobody for longer than its TTL) and carries a
+//! [`FencingToken`](fencelock::FencingToken) larger than every earlier acquisition's. A
+//! [`RedisFenced`] resource refuses writes whose token is below the highest it admitted, so a
+//! holder that stalled past its lease — and does not know it — cannot overwrite the newer
+//! holder's work.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use fencelock_redis::LockServer;
+//!
+//! let server = LockServer::open("redis://127.0.0.1:6379")?; // connects lazily
+//! let (book, ledger) = (server.lock("AAPL")?, server.fenced("AAPL")?);
+//! if let Some(lease) = book.acquire_timeout(Duration::from_secs(5), Duration::from_secs(1))? {
+//!     let mut sale = redis::pipe();
+//!     sale.cmd("RPUSH").arg("sold:{AAPL}").arg(101);
+//!     ledger.write(lease.token(), &sale)?; // Error::Stale if a newer holder wrote first
+//!     lease.release()?;                      // Error::Lost if it had already ended
+//! }
+//! # Ok::<(), fencelock_redis::Error>(())
+//! ```
+//!
+//! # The protocol
+//!
+//! Acquire is one round trip: a Lua script (sent with `EVALSHA`, loaded again after `NOSCRIPT`)
+//! that sets the lock key if it is absent, with a millisecond TTL, and issues the next token from
+//! the resource's counter; the key's value is a fresh 128-bit nonce and the token, so a stale
+//! holder is told *who* took over. Renew and release are compare-and-`PEXPIRE` and
+//! compare-and-`DEL` scripts. [`try_acquire_all`] locks several resources of one server in one
+//! script, all or nothing. The scripts, key names, reply decoding and validity arithmetic live in
+//! one module, `protocol`, that the front ends only call. Connections live in the [`LockServer`]
+//! handle, pooled and shared by every lock made from it; each call is bounded by the connect and
+//! I/O timeouts.
+//!
+//! # What is assumed, and what happens when it breaks
+//!
+//! - **Mutual exclusion of leases** assumes the server's clock and ours advance at about the same
+//!   rate: [`RedisLease::remaining`] is the TTL counted from *before* the request was sent, minus
+//!   [`drift_allowance`] (1% of the TTL + 2 ms). Redis expires keys by its *wall* clock: a step
+//!   forward of the server's clock ends leases early, and two clients can then both believe they
+//!   hold the lock. So does a server that restarts having lost the key (no persistence, or a
+//!   failover to a replica that missed the write), and so does a holder that stalls after
+//!   checking `remaining()`. None of these can be prevented by a lock; all of them are caught by
+//!   fencing: the older holder's writes to a [`RedisFenced`] resource are refused.
+//! - **Tokens only grow** while the resource's token counter survives, *or* while the server's
+//!   clock does not go back: each token is `max(last + 1, server time in ms × 1024)`. So a
+//!   counter lost in a restart, or expired after [`COUNTER_IDLE`] without use, is reborn above
+//!   every token issued before (given fewer than 1,024 tokens per millisecond on average; a
+//!   Redis server issues far fewer). Only a restart that lost the counter *and* a clock that went
+//!   back together can repeat a token. Tokens stay below 2⁵³, exact in Lua's doubles, until the
+//!   year 2248.
+//! - **A fenced resource** keeps its highest token as a key beside its data, with no TTL: what
+//!   survives a crash is what the server's persistence keeps (`appendonly yes` with
+//!   `appendfsync always` keeps every acknowledged write across `kill -9`).
+//!
+//! The tests in `redis/tests/` start real servers and show each case: a stalled holder taken
+//! over, `kill -9` with and without an append-only file, a paused server, a clock-like expiry.
+
+#![warn(missing_docs, rust_2018_idioms)]
+
+mod error;
+mod fenced;
+mod lock;
+mod protocol;
+mod server;
+
+pub use error::{Error, InvalidInput};
+pub use fenced::RedisFenced;
+pub use lock::{try_acquire_all, RedisLease, RedisLock};
+pub use protocol::{
+    drift_allowance, COUNTER_IDLE, MAX_NAME_LEN, MAX_PREFIX_LEN, MAX_TOKEN, MAX_TTL, MIN_TTL,
+};
+pub use server::{LockServer, LockServerBuilder};
+
+/// Re-exported so that users name the same `redis` version this crate speaks (for
+/// [`redis::Client`] and [`redis::Pipeline`]).
+pub use redis;

@@ -1,0 +1,365 @@
+//! [`RedisLock`], its [`RedisLease`], and [`try_acquire_all`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fencelock::{FencingToken, LeaseLost};
+
+use crate::error::{Error, InvalidInput};
+use crate::protocol::{self, LockKeys, Nonce};
+use crate::server::LockServer;
+
+/// One named resource's lock on a Redis server: leases that end by themselves, each carrying a
+/// [`FencingToken`] larger than every earlier one.
+///
+/// `Clone + Send + Sync` and cheap to clone; it shares its [`LockServer`]'s connections.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use fencelock_redis::RedisLock;
+///
+/// let lock = RedisLock::open("redis://127.0.0.1:6379", "stock:AAPL")?;
+/// if let Some(lease) = lock.try_acquire(Duration::from_secs(5))? {
+///     println!("holding with token {}", lease.token());
+///     lease.release()?;
+/// }
+/// # Ok::<(), fencelock_redis::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct RedisLock {
+    server: LockServer,
+    keys: Arc<LockKeys>,
+}
+
+impl RedisLock {
+    /// The lock `name` on the server at `url`, with default settings: the shortcut for one
+    /// resource. Locking many names? Make one [`LockServer`] and call [`LockServer::lock`].
+    ///
+    /// # Errors
+    /// [`Error::Redis`] if the URL does not parse, [`Error::InvalidInput`] for a bad name.
+    pub fn open(url: &str, name: &str) -> Result<Self, Error> {
+        LockServer::open(url)?.lock(name)
+    }
+
+    /// The lock `name` on the server `client` points at, with default settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad name.
+    pub fn new(client: redis::Client, name: &str) -> Result<Self, Error> {
+        LockServer::new(client)?.lock(name)
+    }
+
+    pub(crate) fn on(server: LockServer, name: &str) -> Result<Self, Error> {
+        let keys = LockKeys::new(&server.settings().key_prefix, name)?;
+        Ok(Self {
+            server,
+            keys: Arc::new(keys),
+        })
+    }
+
+    /// The resource's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.keys.name
+    }
+
+    /// The server this lock lives on.
+    #[must_use]
+    pub fn server(&self) -> &LockServer {
+        &self.server
+    }
+
+    /// Takes the lock for `ttl` if nobody holds it (an expired lease counts as free), in one
+    /// round trip; `Ok(None)` if someone does.
+    ///
+    /// The lease's validity is measured on the local monotonic clock from before the request was
+    /// sent, minus the [drift allowance](crate::drift_allowance).
+    ///
+    /// # Errors
+    /// - [`Error::InvalidInput`] for a TTL outside [`MIN_TTL`](crate::MIN_TTL)..=
+    ///   [`MAX_TTL`](crate::MAX_TTL) (nothing is sent);
+    /// - [`Error::Lost`]`(Expired)` if the server granted the lock but the reply came back after
+    ///   the lease's validity ran out (the grant is released; use a longer TTL);
+    /// - [`Error::Redis`] if the server is unreachable or slow past the timeouts.
+    pub fn try_acquire(&self, ttl: Duration) -> Result<Option<RedisLease>, Error> {
+        match self.attempt(ttl)? {
+            Attempt::Granted(lease) => Ok(Some(lease)),
+            Attempt::Held => Ok(None),
+            Attempt::TooSlow => Err(Error::Lost(LeaseLost::Expired)),
+        }
+    }
+
+    /// Takes the lock for `ttl`, trying again while it is held until `wait` has passed; `Ok(None)`
+    /// if it never came free.
+    ///
+    /// Between tries it sleeps a jittered, doubling delay (see
+    /// [`LockServerBuilder::retry_delay`](crate::LockServerBuilder::retry_delay)), never past
+    /// `wait`: it returns at most one round trip after `wait`. A `wait` of zero tries once. A
+    /// grant whose reply came back too late to be valid is released and tried again.
+    ///
+    /// # Errors
+    /// As [`try_acquire`](Self::try_acquire), except that a too-late grant is retried; a server
+    /// error ends the wait at once.
+    pub fn acquire_timeout(
+        &self,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<RedisLease>, Error> {
+        let give_up = Instant::now().checked_add(wait);
+        let settings = self.server.settings();
+        let mut delay = settings.retry_delay_min;
+        loop {
+            if let Attempt::Granted(lease) = self.attempt(ttl)? {
+                return Ok(Some(lease));
+            }
+            let now = Instant::now();
+            let left = give_up.map_or(Duration::MAX, |end| end.saturating_duration_since(now));
+            if left.is_zero() {
+                return Ok(None);
+            }
+            thread::sleep(jittered(delay).min(left));
+            delay = (delay * 2).min(settings.retry_delay_max);
+        }
+    }
+
+    fn attempt(&self, ttl: Duration) -> Result<Attempt, Error> {
+        let ttl_ms = protocol::ttl_millis(ttl)?;
+        let nonce = Nonce::new();
+        let call = protocol::acquire([&*self.keys], &nonce, ttl_ms);
+        let sent = Instant::now();
+        let reply = self.server.invoke(&call)?;
+        let Some(tokens) = protocol::decode_acquire(&reply, 1)? else {
+            return Ok(Attempt::Held);
+        };
+        let lease = RedisLease::granted(self, &nonce, tokens[0], ttl, sent);
+        if lease.is_valid() {
+            Ok(Attempt::Granted(lease))
+        } else {
+            // Dropping it releases the grant nobody can use.
+            Ok(Attempt::TooSlow)
+        }
+    }
+}
+
+enum Attempt {
+    Granted(RedisLease),
+    Held,
+    TooSlow,
+}
+
+/// A delay drawn uniformly from `[delay / 2, delay]`, so waiters that collided do not collide
+/// again in lockstep.
+fn jittered(delay: Duration) -> Duration {
+    let half = delay / 2;
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    let extra = protocol::random_words()[0] % nanos.saturating_add(1);
+    half + Duration::from_nanos(extra)
+}
+
+impl fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("name", &self.keys.name)
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// A held lease on a [`RedisLock`]: its [`FencingToken`], its validity, and the means to renew
+/// and release it.
+///
+/// `Send + 'static`: it owns what it needs and can move to another thread. Dropping it releases
+/// the lock, best effort (bounded by the server's timeouts, errors ignored, never a panic); call
+/// [`release`](Self::release) to learn whether the lease was still held.
+///
+/// The lease is *believed* valid until [`remaining`](Self::remaining) says `None`; the server is
+/// the judge. Pass [`token`](Self::token) to every write on a fenced resource
+/// ([`RedisFenced::write`](crate::RedisFenced::write), or [`fencelock::Fenced`]), so a write
+/// made after the lease was lost is refused there.
+pub struct RedisLease {
+    server: LockServer,
+    keys: Arc<LockKeys>,
+    value: String,
+    token: FencingToken,
+    valid_until: Instant,
+    /// Still to be released: false after `release`, or once the server said it is not ours.
+    held: bool,
+}
+
+impl RedisLease {
+    fn granted(
+        lock: &RedisLock,
+        nonce: &Nonce,
+        token: FencingToken,
+        ttl: Duration,
+        sent: Instant,
+    ) -> Self {
+        Self {
+            server: lock.server.clone(),
+            keys: Arc::clone(&lock.keys),
+            value: protocol::lease_value(nonce, token),
+            token,
+            valid_until: protocol::valid_until(sent, ttl),
+            held: true,
+        }
+    }
+
+    /// This acquisition's fencing token: larger than that of every earlier acquisition of the
+    /// lock.
+    #[inline]
+    #[must_use]
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// How long the lease is still valid, by the local monotonic clock: the TTL, counted from
+    /// before the acquire (or last renew) request was sent, minus the drift allowance. `None`
+    /// once that has passed. Conservative: the server keeps the key at least this long unless its
+    /// clock runs faster than the allowance, or it loses its data.
+    #[inline]
+    #[must_use]
+    pub fn remaining(&self) -> Option<Duration> {
+        if !self.held {
+            return None;
+        }
+        Some(self.valid_until.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+    }
+
+    /// `remaining().is_some()`.
+    #[inline]
+    #[must_use]
+    pub fn is_valid(&self) -> bool {
+        self.remaining().is_some()
+    }
+
+    /// The name of the locked resource.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.keys.name
+    }
+
+    /// Extends the lease to `ttl` from now, if it is still this lease's (one round trip). Also
+    /// works after [`remaining`](Self::remaining) ran out, as long as the server still holds the
+    /// key for this lease: nobody else can have held the lock meanwhile.
+    ///
+    /// # Errors
+    /// - [`Error::Lost`]: `Expired` if the key is gone, `TakenOver { by }` if a newer acquisition
+    ///   holds the lock; nothing changed, and the lease stays lost;
+    /// - [`Error::InvalidInput`] for a TTL out of range; [`Error::Redis`] as for acquiring.
+    pub fn renew(&mut self, ttl: Duration) -> Result<(), Error> {
+        let ttl_ms = protocol::ttl_millis(ttl)?;
+        if !self.held {
+            return Err(Error::Lost(LeaseLost::Expired));
+        }
+        let call = protocol::renew(&self.keys, &self.value, ttl_ms);
+        let sent = Instant::now();
+        let reply = self.server.invoke(&call)?;
+        let outcome = protocol::decode_holder(&reply)?.into_result();
+        match outcome {
+            Ok(()) => self.valid_until = protocol::valid_until(sent, ttl),
+            Err(_) => self.held = false,
+        }
+        outcome
+    }
+
+    /// Releases the lock (one round trip) and says whether the lease was still held.
+    ///
+    /// # Errors
+    /// [`Error::Lost`] if the lease had already ended (`Expired`) or been taken over
+    /// (`TakenOver { by }`); nothing changed then. [`Error::Redis`] if the server did not
+    /// answer: the lock then ends by its TTL.
+    pub fn release(mut self) -> Result<(), Error> {
+        self.release_once()
+    }
+
+    fn release_once(&mut self) -> Result<(), Error> {
+        if !self.held {
+            return Err(Error::Lost(LeaseLost::Expired));
+        }
+        self.held = false;
+        let call = protocol::release(&self.keys, &self.value);
+        let reply = self.server.invoke(&call)?;
+        protocol::decode_holder(&reply)?.into_result()
+    }
+}
+
+impl Drop for RedisLease {
+    fn drop(&mut self) {
+        if self.held {
+            // Best effort: an error leaves the lock to end by its TTL.
+            let _ = self.release_once();
+        }
+    }
+}
+
+impl fmt::Debug for RedisLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLease")
+            .field("name", &self.keys.name)
+            .field("token", &self.token)
+            .field("remaining", &self.remaining())
+            .finish()
+    }
+}
+
+/// Takes every lock in `locks` for `ttl` in one round trip, all or nothing: `Ok(None)` (and
+/// nothing held) if any of them is held. Each lease gets its own token; they come back in the
+/// order of `locks`.
+///
+/// The locks must live on one server (handles made separately for the same server are fine).
+/// This script names keys of several resources, so it runs on a single Redis server, not across
+/// the slots of a Redis Cluster.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a lock named twice, locks on different servers, or a TTL out of
+/// range (nothing is sent); otherwise as [`RedisLock::try_acquire`].
+pub fn try_acquire_all(
+    locks: &[&RedisLock],
+    ttl: Duration,
+) -> Result<Option<Vec<RedisLease>>, Error> {
+    let ttl_ms = protocol::ttl_millis(ttl)?;
+    let Some(first) = locks.first() else {
+        return Ok(Some(Vec::new()));
+    };
+    for (i, lock) in locks.iter().enumerate() {
+        if !lock.server.same_server(&first.server) {
+            return Err(InvalidInput::new(format!(
+                "try_acquire_all: {:?} and {:?} are on different servers; one script can only \
+                 lock keys of one server",
+                first.name(),
+                lock.name()
+            ))
+            .into());
+        }
+        if let Some(j) = locks[..i]
+            .iter()
+            .position(|other| other.keys.lock == lock.keys.lock)
+        {
+            return Err(InvalidInput::new(format!(
+                "try_acquire_all: the lock {:?} is named twice (positions {j} and {i})",
+                lock.name()
+            ))
+            .into());
+        }
+    }
+    let nonce = Nonce::new();
+    let call = protocol::acquire(locks.iter().map(|lock| &*lock.keys), &nonce, ttl_ms);
+    let sent = Instant::now();
+    let reply = first.server.invoke(&call)?;
+    let Some(tokens) = protocol::decode_acquire(&reply, locks.len())? else {
+        return Ok(None);
+    };
+    let leases: Vec<RedisLease> = locks
+        .iter()
+        .zip(tokens)
+        .map(|(lock, token)| RedisLease::granted(lock, &nonce, token, ttl, sent))
+        .collect();
+    if leases.iter().all(RedisLease::is_valid) {
+        Ok(Some(leases))
+    } else {
+        // Dropping them releases grants that came back too late to use.
+        Err(Error::Lost(LeaseLost::Expired))
+    }
+}

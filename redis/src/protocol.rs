@@ -1,0 +1,603 @@
+//! The lock server's protocol, without any I/O: key names, the Lua scripts and what each returns,
+//! reply decoding, input validation, and the validity arithmetic.
+//!
+//! Every front end (the blocking [`RedisLock`](crate::RedisLock) today) builds its requests here
+//! and decodes the replies here; it only moves bytes and waits. Nothing in this module touches a
+//! socket or a clock other than the one it is handed.
+//!
+//! # Keys
+//!
+//! For a resource `name` under the key prefix `p` (default `fencelock:`):
+//!
+//! | key | holds | lifetime |
+//! |---|---|---|
+//! | `p{name}:lock` | the holder's `nonce:token` | the lease's TTL |
+//! | `p{name}:token` | the last token issued for `name` | [`COUNTER_IDLE`] after its last use |
+//! | `p{name}:fenced` | the highest token a [`RedisFenced`](crate::RedisFenced) admitted | no TTL |
+//!
+//! The `{name}` hash tag keeps a resource's keys on one slot of a Redis Cluster, which is why
+//! names and prefixes may not contain braces.
+//!
+//! # Tokens
+//!
+//! A token is `max(last + 1, TIME in ms × 1024)`, computed by the server inside the script that
+//! grants the lock. So tokens grow across grants while the counter survives (even if the server's
+//! clock goes back), *and* across a restart that lost the counter or an idle counter that expired
+//! (as long as the server's clock did not go back and fewer than 1,024 tokens per millisecond
+//! were issued on average). Both would have to fail at once for a token to repeat. Lua numbers
+//! are doubles: tokens stay below 2⁵³ (exact in a double) until the year 2248, every token crosses
+//! the Lua boundary as a string of digits (`%.0f`, never Lua's default `%.14g`), and the script
+//! refuses to issue one at or above 2⁵³.
+
+use core::time::Duration;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::LazyLock;
+use std::time::{Instant, SystemTime};
+
+use fencelock::{FencingToken, LeaseLost, StaleToken};
+use redis::{Script, ScriptInvocation, Value};
+
+use crate::error::{Error, InvalidInput};
+
+/// The shortest TTL accepted: a lease must outlast its drift allowance with room for a round trip.
+pub const MIN_TTL: Duration = Duration::from_millis(5);
+
+/// The longest TTL accepted, 2⁴⁰ ms (about 34.8 years): far below what `PX` can express, so a TTL
+/// is refused, never wrapped or clamped.
+pub const MAX_TTL: Duration = Duration::from_millis(1 << 40);
+
+/// The longest resource name accepted, in bytes. Longer names are refused with
+/// [`Error::InvalidInput`] rather than stored as keys of any size.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// The longest key prefix accepted, in bytes.
+pub const MAX_PREFIX_LEN: usize = 256;
+
+/// The largest token the server issues or a [`RedisFenced`](crate::RedisFenced) accepts: 2⁵³ − 1,
+/// the largest integer every double (Lua's only number type) holds exactly.
+pub const MAX_TOKEN: u64 = (1 << 53) - 1;
+
+/// How long a resource's token counter outlives its last acquisition. A counter that expired is
+/// reborn from the server's clock, above every token issued before, so no key is left behind
+/// forever for a resource that is no longer locked.
+pub const COUNTER_IDLE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The most arguments one command of a fenced pipeline may have (Lua's `unpack` limit, with room).
+pub(crate) const MAX_FENCED_ARGS: usize = 4096;
+
+/// The clock-drift allowance for a lease of `ttl`: 1% of the TTL plus 2 ms.
+///
+/// It covers the server's clock running faster than ours while the lease runs, and expiry
+/// granularity. Local validity is the TTL minus this, measured from before the request was sent.
+#[inline]
+#[must_use]
+pub fn drift_allowance(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+/// When a lease of `ttl` requested at `sent` stops being valid on the local monotonic clock:
+/// `sent + ttl − drift`, conservative by construction (the server's TTL started later).
+#[inline]
+pub(crate) fn valid_until(sent: Instant, ttl: Duration) -> Instant {
+    // MIN_TTL > drift_allowance(MIN_TTL), and ttl ≤ MAX_TTL keeps the sum far from overflow;
+    // `checked_add` still turns an impossible overflow into "valid until the request was sent".
+    sent.checked_add(ttl.saturating_sub(drift_allowance(ttl)))
+        .unwrap_or(sent)
+}
+
+/// `ttl` in whole milliseconds for `PX`/`PEXPIRE`, rounded up (the server holds at least as long
+/// as the client believes), or [`Error::InvalidInput`] outside [`MIN_TTL`]..=[`MAX_TTL`].
+pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64, Error> {
+    if ttl < MIN_TTL {
+        return Err(InvalidInput::new(format!(
+            "TTL {ttl:?} is shorter than the minimum {MIN_TTL:?}: a lease must outlast its \
+             clock-drift allowance and a round trip; use a longer TTL"
+        ))
+        .into());
+    }
+    if ttl > MAX_TTL {
+        return Err(InvalidInput::new(format!(
+            "TTL {ttl:?} is longer than the maximum {MAX_TTL:?}; use a shorter TTL and renew"
+        ))
+        .into());
+    }
+    let millis = ttl.as_nanos().div_ceil(1_000_000);
+    // ≤ 2^40 by the check above.
+    Ok(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+/// Checks a resource name: non-empty, at most [`MAX_NAME_LEN`] bytes, no braces.
+pub(crate) fn check_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(InvalidInput::new("the resource name is empty: name what you lock").into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(InvalidInput::new(format!(
+            "the resource name is {} bytes, more than {MAX_NAME_LEN}: use a shorter name (or a \
+             hash of a long one)",
+            name.len()
+        ))
+        .into());
+    }
+    if name.contains(['{', '}']) {
+        return Err(InvalidInput::new(format!(
+            "the resource name {name:?} contains a brace: braces are reserved for the hash tag \
+             that keeps a resource's keys on one Redis Cluster slot"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Checks a key prefix: at most [`MAX_PREFIX_LEN`] bytes, no braces.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), Error> {
+    if prefix.len() > MAX_PREFIX_LEN || prefix.contains(['{', '}']) {
+        return Err(InvalidInput::new(format!(
+            "the key prefix {prefix:?} is longer than {MAX_PREFIX_LEN} bytes or contains a brace \
+             (reserved for the hash tag)"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The keys of one lock: the lock key and its token counter, on one hash slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LockKeys {
+    pub(crate) name: String,
+    pub(crate) lock: String,
+    pub(crate) counter: String,
+}
+
+impl LockKeys {
+    pub(crate) fn new(prefix: &str, name: &str) -> Result<Self, Error> {
+        check_name(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            lock: format!("{prefix}{{{name}}}:lock"),
+            counter: format!("{prefix}{{{name}}}:token"),
+        })
+    }
+}
+
+/// The key that holds the highest token a fenced resource `name` admitted.
+pub(crate) fn fenced_key(prefix: &str, name: &str) -> Result<String, Error> {
+    check_name(name)?;
+    Ok(format!("{prefix}{{{name}}}:fenced"))
+}
+
+/// `next_token(counter, idle_ms)`: the next token for the counter key, stored back with the idle
+/// TTL; a string of digits. Shared by the acquiring scripts.
+const NEXT_TOKEN_LUA: &str = r"
+local function next_token(counter, idle_ms)
+  local time = redis.call('TIME')
+  local floor = (tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)) * 1024
+  local last = tonumber(redis.call('GET', counter) or '0')
+  local token = math.max(last + 1, floor)
+  if token > 9007199254740991 then
+    return nil
+  end
+  local digits = string.format('%.0f', token)
+  redis.call('SET', counter, digits, 'PX', idle_ms)
+  return digits
+end
+";
+
+/// Acquires every lock named in KEYS (pairs: lock key, counter key), all or nothing.
+///
+/// ARGV: nonce, TTL ms, counter idle ms. Returns an array of tokens (strings of digits) in KEYS
+/// order, or nil when any lock is held (nothing changed). Errors if the token space is exhausted.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NEXT_TOKEN_LUA}{}",
+        r"
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    return nil
+  end
+end
+local tokens = {}
+for i = 1, #KEYS, 2 do
+  local token = next_token(KEYS[i + 1], ARGV[3])
+  if not token then
+    return redis.error_reply('fencelock: token space exhausted (2^53)')
+  end
+  redis.call('SET', KEYS[i], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+  tokens[#tokens + 1] = token
+end
+return tokens
+"
+    ))
+});
+
+/// Renews a lease. KEYS: lock key. ARGV: the lease's value, TTL ms.
+/// Returns {1} if the key held the value (its TTL is now the new one), {0} if the key is gone,
+/// {2, value} if it holds another acquisition's value; only {1} changed anything.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1}
+elseif current then
+  return {2, current}
+end
+return {0}
+",
+    )
+});
+
+/// Releases a lease. KEYS: lock key. ARGV: the lease's value.
+/// Returns as [`RENEW`] does; only {1} (the key was deleted) changed anything.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return {1}
+elseif current then
+  return {2, current}
+end
+return {0}
+",
+    )
+});
+
+/// A fenced write. KEYS: the fenced key. ARGV: token, then each command as its argument count
+/// followed by its arguments. Returns {1} after recording the token and running every command,
+/// or {0, highest} when the token is below the highest admitted (nothing ran).
+static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local highest = redis.call('GET', KEYS[1])
+if highest and tonumber(highest) > tonumber(ARGV[1]) then
+  return {0, highest}
+end
+redis.call('SET', KEYS[1], ARGV[1])
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return {1}
+",
+    )
+});
+
+/// The request that acquires `locks` (all or nothing) with `value_nonce`, for `ttl_ms`.
+pub(crate) fn acquire<'a>(
+    locks: impl IntoIterator<Item = &'a LockKeys>,
+    nonce: &Nonce,
+    ttl_ms: u64,
+) -> ScriptInvocation<'static> {
+    let mut call = ACQUIRE.prepare_invoke();
+    for keys in locks {
+        call.key(&keys.lock).key(&keys.counter);
+    }
+    call.arg(nonce.as_str())
+        .arg(ttl_ms)
+        .arg(COUNTER_IDLE.as_millis() as u64);
+    call
+}
+
+/// The request that renews the lease holding `value` on `keys` to `ttl_ms`.
+pub(crate) fn renew(keys: &LockKeys, value: &str, ttl_ms: u64) -> ScriptInvocation<'static> {
+    let mut call = RENEW.prepare_invoke();
+    call.key(&keys.lock).arg(value).arg(ttl_ms);
+    call
+}
+
+/// The request that releases the lease holding `value` on `keys`.
+pub(crate) fn release(keys: &LockKeys, value: &str) -> ScriptInvocation<'static> {
+    let mut call = RELEASE.prepare_invoke();
+    call.key(&keys.lock).arg(value);
+    call
+}
+
+/// The request that runs `commands` on the fenced resource at `key` if `token` is admitted.
+pub(crate) fn fenced_write(
+    key: &str,
+    token: FencingToken,
+    commands: &redis::Pipeline,
+) -> Result<ScriptInvocation<'static>, Error> {
+    check_token(token)?;
+    let mut call = FENCED_WRITE.prepare_invoke();
+    call.key(key).arg(token.get());
+    for cmd in commands.cmd_iter() {
+        let argc = cmd.args_iter().len();
+        if argc == 0 || argc > MAX_FENCED_ARGS {
+            return Err(InvalidInput::new(format!(
+                "a fenced pipeline command has {argc} arguments: it needs 1 to {MAX_FENCED_ARGS}"
+            ))
+            .into());
+        }
+        call.arg(argc);
+        for arg in cmd.args_iter() {
+            match arg {
+                redis::Arg::Simple(bytes) => call.arg(bytes),
+                _ => {
+                    return Err(InvalidInput::new(
+                        "a fenced pipeline command has a cursor argument: scans cannot run \
+                         inside the fenced write",
+                    )
+                    .into())
+                }
+            };
+        }
+    }
+    Ok(call)
+}
+
+/// Refuses a token that cannot cross the Lua boundary exactly.
+pub(crate) fn check_token(token: FencingToken) -> Result<(), Error> {
+    if token.get() > MAX_TOKEN {
+        return Err(InvalidInput::new(format!(
+            "token {token} is above 2^53 - 1: no lock server issued it, and Lua (whose numbers \
+             are doubles) could not compare it exactly"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The value a lock key holds for the acquisition with `nonce` that got `token`.
+pub(crate) fn lease_value(nonce: &Nonce, token: FencingToken) -> String {
+    format!("{}:{token}", nonce.as_str())
+}
+
+/// The token inside a lock key's value (`nonce:token`).
+fn token_of_value(value: &[u8]) -> Result<FencingToken, Error> {
+    let digits = value
+        .iter()
+        .rposition(|&b| b == b':')
+        .map(|colon| &value[colon + 1..]);
+    digits
+        .and_then(|d| core::str::from_utf8(d).ok())
+        .and_then(|d| d.parse::<u64>().ok())
+        .map(FencingToken::new)
+        .ok_or_else(|| {
+            unexpected(format!(
+                "the lock key holds {:?}, which is not a fencelock lease value: is another \
+                 program writing to fencelock's keys?",
+                String::from_utf8_lossy(value)
+            ))
+        })
+}
+
+/// A token sent back as a string of digits (or an integer).
+fn decode_token(value: &Value) -> Result<FencingToken, Error> {
+    let token = match value {
+        Value::BulkString(digits) => core::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse::<u64>().ok()),
+        Value::SimpleString(digits) => digits.parse::<u64>().ok(),
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    token
+        .map(FencingToken::new)
+        .ok_or_else(|| unexpected(format!("expected a token, got {value:?}")))
+}
+
+/// Decodes [`ACQUIRE`]'s reply: the tokens in request order, or `None` if a lock was held.
+pub(crate) fn decode_acquire(
+    reply: &Value,
+    expected: usize,
+) -> Result<Option<Vec<FencingToken>>, Error> {
+    match reply {
+        Value::Nil => Ok(None),
+        Value::Array(tokens) if tokens.len() == expected => tokens
+            .iter()
+            .map(decode_token)
+            .collect::<Result<_, _>>()
+            .map(Some),
+        other => Err(unexpected(format!(
+            "expected {expected} tokens or nil from the acquire script, got {other:?}"
+        ))),
+    }
+}
+
+/// What a renew or release found in the lock key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// Our value: the renewal or release took effect.
+    Us,
+    /// Gone: the lease expired (or the server lost it), nobody holds the lock now.
+    Nobody,
+    /// Another acquisition's value, with its token.
+    Other(FencingToken),
+}
+
+impl Holder {
+    /// `Ok` for [`Holder::Us`], the [`LeaseLost`] otherwise.
+    pub(crate) fn into_result(self) -> Result<(), Error> {
+        match self {
+            Holder::Us => Ok(()),
+            Holder::Nobody => Err(Error::Lost(LeaseLost::Expired)),
+            Holder::Other(by) => Err(Error::Lost(LeaseLost::TakenOver { by })),
+        }
+    }
+}
+
+/// Decodes [`RENEW`]'s and [`RELEASE`]'s reply.
+pub(crate) fn decode_holder(reply: &Value) -> Result<Holder, Error> {
+    match reply {
+        Value::Array(parts) => match parts.as_slice() {
+            [Value::Int(1)] => Ok(Holder::Us),
+            [Value::Int(0)] => Ok(Holder::Nobody),
+            [Value::Int(2), Value::BulkString(value)] => token_of_value(value).map(Holder::Other),
+            _ => Err(unexpected(format!(
+                "unexpected renew/release reply {reply:?}"
+            ))),
+        },
+        _ => Err(unexpected(format!(
+            "unexpected renew/release reply {reply:?}"
+        ))),
+    }
+}
+
+/// Decodes [`FENCED_WRITE`]'s reply for a write that presented `token`.
+pub(crate) fn decode_fenced_write(reply: &Value, token: FencingToken) -> Result<(), Error> {
+    match reply {
+        Value::Array(parts) => match parts.as_slice() {
+            [Value::Int(1)] => Ok(()),
+            [Value::Int(0), highest] => Err(Error::Stale(StaleToken {
+                presented: token,
+                highest: decode_token(highest)?,
+            })),
+            _ => Err(unexpected(format!(
+                "unexpected fenced write reply {reply:?}"
+            ))),
+        },
+        _ => Err(unexpected(format!(
+            "unexpected fenced write reply {reply:?}"
+        ))),
+    }
+}
+
+/// Decodes a `GET` of the fenced key: token 0 when nothing was admitted yet.
+pub(crate) fn decode_highest(reply: &Value) -> Result<FencingToken, Error> {
+    match reply {
+        Value::Nil => Ok(FencingToken::new(0)),
+        other => decode_token(other),
+    }
+}
+
+#[cold]
+fn unexpected(detail: String) -> Error {
+    Error::Redis(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "fencelock-redis: unexpected reply",
+        detail,
+    )))
+}
+
+/// A fresh 128-bit value that tells one acquisition from every other, as 32 hex digits.
+///
+/// Unique, not secret: two SipHash outputs keyed by `RandomState` (random keys from the OS, per
+/// thread, stepped for each new state) over a process-wide counter, the process id and the wall
+/// clock. No acquisition anywhere reuses another's nonce except with probability ~2⁻¹²⁸.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Nonce(String);
+
+impl Nonce {
+    pub(crate) fn new() -> Self {
+        let [high, low] = random_words();
+        Self(format!("{high:016x}{low:016x}"))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Two random 64-bit words (see [`Nonce`]); also the jitter of retry delays.
+pub(crate) fn random_words() -> [u64; 2] {
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    // A unique number per call; Relaxed: uniqueness needs only the atomicity of fetch_add.
+    let sequence = SEQUENCE.fetch_add(1, Relaxed);
+    let wall = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let word = |salt: u8| {
+        let mut hasher = RandomState::new().build_hasher();
+        (salt, sequence, std::process::id(), wall).hash(&mut hasher);
+        hasher.finish()
+    };
+    [word(0), word(1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_bounds_and_rounding() {
+        assert!(ttl_millis(Duration::ZERO).is_err());
+        assert!(ttl_millis(Duration::from_millis(4)).is_err());
+        assert_eq!(ttl_millis(MIN_TTL).unwrap(), 5);
+        assert_eq!(ttl_millis(Duration::from_micros(5_001)).unwrap(), 6);
+        assert_eq!(ttl_millis(MAX_TTL).unwrap(), 1 << 40);
+        assert!(ttl_millis(MAX_TTL + Duration::from_nanos(1)).is_err());
+        assert!(ttl_millis(Duration::MAX).is_err());
+    }
+
+    #[test]
+    fn validity_is_ttl_minus_drift() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(10);
+        assert_eq!(drift_allowance(ttl), Duration::from_millis(102));
+        assert_eq!(valid_until(now, ttl), now + Duration::from_millis(9_898));
+        assert!(valid_until(now, MIN_TTL) > now);
+    }
+
+    #[test]
+    fn names_and_keys() {
+        assert!(check_name("").is_err());
+        assert!(check_name("a{b").is_err());
+        assert!(check_name("a}b").is_err());
+        assert!(check_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+        assert!(check_name(&"x".repeat(MAX_NAME_LEN)).is_ok());
+        let keys = LockKeys::new("p:", "AAPL").unwrap();
+        assert_eq!(keys.lock, "p:{AAPL}:lock");
+        assert_eq!(keys.counter, "p:{AAPL}:token");
+        assert_eq!(fenced_key("p:", "AAPL").unwrap(), "p:{AAPL}:fenced");
+        assert!(check_prefix("a{").is_err());
+    }
+
+    #[test]
+    fn decodes_replies() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(decode_acquire(&Value::Nil, 1).unwrap(), None);
+        assert_eq!(
+            decode_acquire(&Value::Array(vec![bulk("1844674407370955")]), 1).unwrap(),
+            Some(vec![FencingToken::new(1_844_674_407_370_955)])
+        );
+        assert!(decode_acquire(&Value::Array(vec![]), 1).is_err());
+        assert!(decode_acquire(&Value::Array(vec![bulk("x")]), 1).is_err());
+
+        let one = Value::Array(vec![Value::Int(1)]);
+        let gone = Value::Array(vec![Value::Int(0)]);
+        let other = Value::Array(vec![Value::Int(2), bulk("00ff:42")]);
+        assert_eq!(decode_holder(&one).unwrap(), Holder::Us);
+        assert_eq!(decode_holder(&gone).unwrap(), Holder::Nobody);
+        assert_eq!(
+            decode_holder(&other).unwrap(),
+            Holder::Other(FencingToken::new(42))
+        );
+        assert!(decode_holder(&Value::Array(vec![Value::Int(2), bulk("junk")])).is_err());
+        assert!(decode_holder(&Value::Nil).is_err());
+
+        let t = FencingToken::new(7);
+        assert!(decode_fenced_write(&one, t).is_ok());
+        match decode_fenced_write(&Value::Array(vec![Value::Int(0), bulk("9")]), t) {
+            Err(Error::Stale(stale)) => assert_eq!(stale.highest, FencingToken::new(9)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decode_highest(&Value::Nil).unwrap(), FencingToken::new(0));
+    }
+
+    #[test]
+    fn tokens_above_2_pow_53_are_refused() {
+        assert!(check_token(FencingToken::new(MAX_TOKEN)).is_ok());
+        assert!(check_token(FencingToken::new(MAX_TOKEN + 1)).is_err());
+        let pipe = redis::pipe();
+        assert!(fenced_write("k", FencingToken::new(u64::MAX), &pipe).is_err());
+    }
+
+    #[test]
+    fn nonces_differ() {
+        let (a, b) = (Nonce::new(), Nonce::new());
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert_eq!(
+            token_of_value(lease_value(&a, FencingToken::new(5)).as_bytes()).unwrap(),
+            FencingToken::new(5)
+        );
+    }
+}
