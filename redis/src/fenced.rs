@@ -6,7 +6,7 @@ use fencelock::FencingToken;
 
 use crate::error::Error;
 use crate::protocol;
-use crate::server::LockServer;
+use crate::server::{LockServer, Resend};
 
 /// The resource side of fencing, in Redis: a write carries a [`FencingToken`] and a pipeline of
 /// commands; the commands run only if the token is at least the highest admitted so far.
@@ -84,7 +84,8 @@ impl RedisFenced {
     /// - [`Error::Redis`] if the server is unreachable, or a command failed (see above).
     pub fn write(&self, token: FencingToken, commands: &redis::Pipeline) -> Result<(), Error> {
         let call = protocol::fenced_write(&self.key, token, commands)?;
-        let reply = self.server.invoke(&call)?;
+        // Never resent: the pipeline's commands may not be idempotent (RPUSH twice is two).
+        let (reply, _) = self.server.invoke(&call, Resend::Never)?;
         protocol::decode_fenced_write(&reply, token)
     }
 
@@ -93,9 +94,9 @@ impl RedisFenced {
     /// # Errors
     /// [`Error::Redis`] if the server does not answer.
     pub fn highest(&self) -> Result<FencingToken, Error> {
-        let reply = self
-            .server
-            .with_connection(|con| redis::cmd("GET").arg(&self.key).query::<redis::Value>(con))?;
+        let reply = self.server.with_connection(Resend::IfStale, |con| {
+            redis::cmd("GET").arg(&self.key).query::<redis::Value>(con)
+        })?;
         protocol::decode_highest(&reply)
     }
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use fencelock::{FencingToken, LeaseLost};
 
 use crate::error::{Error, InvalidInput};
-use crate::protocol::{self, LockKeys, Nonce};
-use crate::server::LockServer;
+use crate::protocol::{self, Holder, LockKeys, Nonce};
+use crate::server::{LockServer, Resend};
 
 /// One named resource's lock on a Redis server: leases that end by themselves, each carrying a
 /// [`FencingToken`] larger than every earlier one.
@@ -129,7 +129,8 @@ impl RedisLock {
         let nonce = Nonce::new();
         let call = protocol::acquire([&*self.keys], &nonce, ttl_ms);
         let sent = Instant::now();
-        let reply = self.server.invoke(&call)?;
+        // Resending is safe: the script grants a nonce's own lock again with the same token.
+        let (reply, _) = self.server.invoke(&call, Resend::IfStale)?;
         let Some(tokens) = protocol::decode_acquire(&reply, 1)? else {
             return Ok(Attempt::Held);
         };
@@ -255,7 +256,7 @@ impl RedisLease {
         }
         let call = protocol::renew(&self.keys, &self.value, ttl_ms);
         let sent = Instant::now();
-        let reply = self.server.invoke(&call)?;
+        let (reply, _) = self.server.invoke(&call, Resend::IfStale)?;
         let outcome = protocol::decode_holder(&reply)?.into_result();
         match outcome {
             Ok(()) => self.valid_until = protocol::valid_until(sent, ttl),
@@ -280,8 +281,13 @@ impl RedisLease {
         }
         self.held = false;
         let call = protocol::release(&self.keys, &self.value);
-        let reply = self.server.invoke(&call)?;
-        protocol::decode_holder(&reply)?.into_result()
+        let (reply, resent) = self.server.invoke(&call, Resend::IfStale)?;
+        match protocol::decode_holder(&reply)? {
+            // Sent twice, the first may have deleted the key: either way the lock is free and
+            // this lease no longer holds it.
+            Holder::Nobody if resent => Ok(()),
+            holder => holder.into_result(),
+        }
     }
 }
 
@@ -347,7 +353,7 @@ pub fn try_acquire_all(
     let nonce = Nonce::new();
     let call = protocol::acquire(locks.iter().map(|lock| &*lock.keys), &nonce, ttl_ms);
     let sent = Instant::now();
-    let reply = first.server.invoke(&call)?;
+    let (reply, _) = first.server.invoke(&call, Resend::IfStale)?;
     let Some(tokens) = protocol::decode_acquire(&reply, locks.len())? else {
         return Ok(None);
     };

@@ -188,23 +188,44 @@ end
 /// Acquires every lock named in KEYS (pairs: lock key, counter key), all or nothing.
 ///
 /// ARGV: nonce, TTL ms, counter idle ms. Returns an array of tokens (strings of digits) in KEYS
-/// order, or nil when any lock is held (nothing changed). Errors if the token space is exhausted.
+/// order, or nil when any lock is held by another acquisition (and then holds none of them).
+/// Idempotent for one nonce: a lock that already holds this nonce's value (the same request,
+/// resent after its reply was lost) counts as granted with the token it got then. Errors if the
+/// token space is exhausted.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NEXT_TOKEN_LUA}{}",
         r"
+local mine = ARGV[1] .. ':'
+local held_by_other = false
 for i = 1, #KEYS, 2 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    return nil
+  local current = redis.call('GET', KEYS[i])
+  if current and string.sub(current, 1, #mine) ~= mine then
+    held_by_other = true
   end
+end
+if held_by_other then
+  for i = 1, #KEYS, 2 do
+    local current = redis.call('GET', KEYS[i])
+    if current and string.sub(current, 1, #mine) == mine then
+      redis.call('DEL', KEYS[i])
+    end
+  end
+  return nil
 end
 local tokens = {}
 for i = 1, #KEYS, 2 do
-  local token = next_token(KEYS[i + 1], ARGV[3])
-  if not token then
-    return redis.error_reply('fencelock: token space exhausted (2^53)')
+  local current = redis.call('GET', KEYS[i])
+  local token
+  if current then
+    token = string.sub(current, #mine + 1)
+  else
+    token = next_token(KEYS[i + 1], ARGV[3])
+    if not token then
+      return redis.error_reply('fencelock: token space exhausted (2^53)')
+    end
+    redis.call('SET', KEYS[i], mine .. token, 'PX', ARGV[2])
   end
-  redis.call('SET', KEYS[i], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
   tokens[#tokens + 1] = token
 end
 return tokens

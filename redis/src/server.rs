@@ -14,6 +14,17 @@ use crate::{RedisFenced, RedisLock};
 /// when they come back to a full pool.
 const MAX_IDLE_CONNECTIONS: usize = 64;
 
+/// Whether a request may be sent a second time when its reused connection turned out closed
+/// (the server restarted since it was last used, say) — where the first send may or may not
+/// have reached the server before it went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resend {
+    /// The request has the same effect sent twice (acquire with one nonce, renew, release, reads).
+    IfStale,
+    /// It does not (a fenced write runs arbitrary commands): the error goes to the caller.
+    Never,
+}
+
 /// A handle to one Redis server used as a lock server: its connections and settings.
 ///
 /// Cheap to clone (an `Arc`); every [`RedisLock`] and [`RedisFenced`] made from it shares its
@@ -201,7 +212,7 @@ impl LockServer {
     /// # Errors
     /// [`Error::Redis`] if it does not.
     pub fn ping(&self) -> Result<(), Error> {
-        self.with_connection(|con| redis::cmd("PING").query::<()>(con))
+        self.with_connection(Resend::IfStale, |con| redis::cmd("PING").query::<()>(con))
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -221,28 +232,68 @@ impl LockServer {
             && a.redis_settings().db() == b.redis_settings().db()
     }
 
-    /// Runs one script request and returns its raw reply, for the protocol to decode.
-    pub(crate) fn invoke(&self, call: &ScriptInvocation<'_>) -> Result<Value, Error> {
-        self.with_connection(|con| call.invoke::<Value>(con))
+    /// Runs one script request and returns its raw reply, for the protocol to decode, and
+    /// whether it was sent twice (see [`Resend`]).
+    pub(crate) fn invoke(
+        &self,
+        call: &ScriptInvocation<'_>,
+        resend: Resend,
+    ) -> Result<(Value, bool), Error> {
+        let mut sends = 0;
+        let reply = self.with_connection(resend, |con| {
+            sends += 1;
+            call.invoke::<Value>(con)
+        })?;
+        Ok((reply, sends > 1))
     }
 
-    /// Runs `request` on a pooled connection (opening one if none is idle). The connection goes
-    /// back to the pool only after a success: after any error its state is unknown (a reply may
-    /// still be in flight), so it is dropped and the next call reconnects.
+    /// Runs `request` on a pooled connection (opening one if none is idle).
+    ///
+    /// The connection goes back to the pool only after a success: after any error its state is
+    /// unknown (a reply may still be in flight), so it is dropped. A connection-level error (I/O,
+    /// timeout) drops every idle connection too — they share the server's fate (a restart, a
+    /// pause) — so the next call reconnects. With [`Resend::IfStale`], a request that failed on
+    /// a *reused* connection that turned out closed (not timed out) is sent once more on a fresh
+    /// one: that is how the first call after a server restart succeeds.
     pub(crate) fn with_connection<T>(
         &self,
-        request: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+        resend: Resend,
+        mut request: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
-        let mut con = match self.idle().pop() {
+        let pooled = self.idle().pop();
+        let reused = pooled.is_some();
+        let mut con = match pooled {
             Some(con) => con,
             None => self.connect()?,
         };
+        let error = match request(&mut con) {
+            Ok(reply) => {
+                self.give_back(con);
+                return Ok(reply);
+            }
+            Err(error) => error,
+        };
+        drop(con);
+        let connection_failed =
+            error.is_io_error() || error.is_timeout() || error.is_connection_dropped();
+        if connection_failed {
+            self.idle().clear();
+        }
+        let closed = error.is_connection_dropped() && !error.is_timeout();
+        if !(reused && closed && resend == Resend::IfStale) {
+            return Err(error.into());
+        }
+        let mut con = self.connect()?;
         let reply = request(&mut con)?;
+        self.give_back(con);
+        Ok(reply)
+    }
+
+    fn give_back(&self, con: Connection) {
         let mut idle = self.idle();
         if idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push(con);
         }
-        Ok(reply)
     }
 
     #[cold]
