@@ -47,12 +47,12 @@
 //!   checking `remaining()`. None of these can be prevented by a lock; all of them are caught by
 //!   fencing: the older holder's writes to a [`RedisFenced`] resource are refused.
 //! - **Tokens only grow** while the resource's token counter survives, *or* while the server's
-//!   clock does not go back: each token is `max(last + 1, server time in ms × 1024)`. So a
+//!   clock does not go back: each token is `max(last + 1, server time in µs)`. So a
 //!   counter lost in a restart, or expired after [`COUNTER_IDLE`] without use, is reborn above
-//!   every token issued before (given fewer than 1,024 tokens per millisecond on average; a
+//!   every token issued before (given fewer than one token per microsecond on average; a
 //!   Redis server issues far fewer). Only a restart that lost the counter *and* a clock that went
 //!   back together can repeat a token. Tokens stay below 2⁵³, exact in Lua's doubles, until the
-//!   year 2248.
+//!   year 2255.
 //! - **A fenced resource** keeps its highest token as a key beside its data, with no TTL: what
 //!   survives a crash is what the server's persistence keeps (`appendonly yes` with
 //!   `appendfsync always` keeps every acknowledged write across `kill -9`).

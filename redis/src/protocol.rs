@@ -20,12 +20,12 @@
 //!
 //! # Tokens
 //!
-//! A token is `max(last + 1, TIME in ms × 1024)`, computed by the server inside the script that
+//! A token is `max(last + 1, TIME in µs)`, computed by the server inside the script that
 //! grants the lock. So tokens grow across grants while the counter survives (even if the server's
 //! clock goes back), *and* across a restart that lost the counter or an idle counter that expired
-//! (as long as the server's clock did not go back and fewer than 1,024 tokens per millisecond
+//! (as long as the server's clock did not go back and fewer than one token per microsecond
 //! were issued on average). Both would have to fail at once for a token to repeat. Lua numbers
-//! are doubles: tokens stay below 2⁵³ (exact in a double) until the year 2248, every token crosses
+//! are doubles: tokens stay below 2⁵³ (exact in a double) until the year 2255, every token crosses
 //! the Lua boundary as a string of digits (`%.0f`, never Lua's default `%.14g`), and the script
 //! refuses to issue one at or above 2⁵³.
 
@@ -173,7 +173,7 @@ pub(crate) fn fenced_key(prefix: &str, name: &str) -> Result<String, Error> {
 const NEXT_TOKEN_LUA: &str = r"
 local function next_token(counter, idle_ms)
   local time = redis.call('TIME')
-  local floor = (tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)) * 1024
+  local floor = tonumber(time[1]) * 1000000 + tonumber(time[2])
   local last = tonumber(redis.call('GET', counter) or '0')
   local token = math.max(last + 1, floor)
   if token > 9007199254740991 then

@@ -202,7 +202,7 @@ fn losing_the_counter_and_the_clock_together_can_repeat_tokens() {
     let server = handle(&redis);
     let now = acquire(&server, "clock").token();
     let mut con = raw(&redis);
-    let future = now.get() + (3_600_000 << 10); // an hour ahead
+    let future = now.get() + 3_600_000_000; // an hour ahead, in µs
     let _: () = con.set("fencelock:{clock}:token", future).unwrap();
     let _: () = con.del("fencelock:{clock}:lock").unwrap();
     // The clock "went back" an hour relative to the counter: the counter keeps tokens growing.
