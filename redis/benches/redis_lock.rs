@@ -1,1 +1,128 @@
-fn main() {}
+//! acquire + release on a real `redis-server` (started here, on a free 127.0.0.1 port), against
+//! the physical limit measured in the same run: two raw `EVALSHA` round trips of trivial scripts.
+//!
+//! - `round_trip/*`: one thread. `fencelock` = `try_acquire` + `release`; `raw_evalsha_x2` =
+//!   two `EVALSHA`s of `return 1` with the same keys and arguments, on one connection.
+//! - `threads_8/*`: 8 threads, each locking its own resource. `fencelock_shared_handle` = all
+//!   through one `LockServer`; `raw_private_connections` = the two raw round trips, each thread
+//!   on a connection of its own. Time per iteration = every thread doing one op.
+//!
+//! Run: `cargo bench -p fencelock-redis --bench redis_lock`. The machine has 2 cores: 8 threads
+//! (plus the server) are oversubscribed, and the ratio is what to read, not the absolute times.
+
+#[path = "../tests/support/server.rs"]
+mod server;
+
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use fencelock_redis::LockServer;
+use redis::Script;
+
+const TTL: Duration = Duration::from_secs(10);
+const THREADS: usize = 8;
+
+fn raw_connection(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(1))
+        .unwrap()
+}
+
+/// Two trivial script round trips, shaped like acquire (2 keys, 3 args) and release (1 key, 1 arg).
+fn raw_pair(trivial: &Script, con: &mut redis::Connection, name: &str) {
+    let lock = format!("raw:{{{name}}}:lock");
+    let counter = format!("raw:{{{name}}}:token");
+    let _: i64 = trivial
+        .key(&lock)
+        .key(&counter)
+        .arg("0123456789abcdef0123456789abcdef")
+        .arg(10_000)
+        .arg(86_400_000)
+        .invoke(con)
+        .unwrap();
+    let _: i64 = trivial
+        .key(&lock)
+        .arg("0123456789abcdef0123456789abcdef:1")
+        .invoke(con)
+        .unwrap();
+}
+
+fn benches(c: &mut Criterion) {
+    let redis = server::RedisProcess::start();
+    let url = redis.url();
+    let handle = LockServer::open(&url).unwrap();
+    let trivial = Script::new("return 1");
+
+    let mut group = c.benchmark_group("round_trip");
+    let lock = handle.lock("bench").unwrap();
+    group.bench_function("fencelock_acquire_release", |b| {
+        b.iter(|| {
+            lock.try_acquire(TTL)
+                .unwrap()
+                .expect("free")
+                .release()
+                .unwrap();
+        });
+    });
+    let mut con = raw_connection(&url);
+    group.bench_function("raw_evalsha_x2", |b| {
+        b.iter(|| raw_pair(&trivial, &mut con, "bench"));
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("threads_8");
+    group.sample_size(20);
+    let locks: Vec<_> = (0..THREADS)
+        .map(|i| handle.lock(&format!("bench-{i}")).unwrap())
+        .collect();
+    group.bench_function("fencelock_shared_handle", |b| {
+        b.iter_custom(|iters| {
+            let start = Barrier::new(THREADS + 1);
+            thread::scope(|s| {
+                for lock in &locks {
+                    let start = &start;
+                    s.spawn(move || {
+                        start.wait();
+                        for _ in 0..iters {
+                            lock.try_acquire(TTL)
+                                .unwrap()
+                                .expect("own resource")
+                                .release()
+                                .unwrap();
+                        }
+                    });
+                }
+                start.wait();
+                Instant::now() // the scope joins every thread before `elapsed` is read
+            })
+            .elapsed()
+        });
+    });
+    let mut cons: Vec<_> = (0..THREADS).map(|_| raw_connection(&url)).collect();
+    group.bench_function("raw_private_connections", |b| {
+        b.iter_custom(|iters| {
+            let start = Barrier::new(THREADS + 1);
+            thread::scope(|s| {
+                for (i, con) in cons.iter_mut().enumerate() {
+                    let (start, trivial) = (&start, &trivial);
+                    s.spawn(move || {
+                        start.wait();
+                        for _ in 0..iters {
+                            raw_pair(trivial, con, &format!("bench-{i}"));
+                        }
+                    });
+                }
+                start.wait();
+                Instant::now()
+            })
+            .elapsed()
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches_group, benches);
+criterion_main!(benches_group);

@@ -168,14 +168,12 @@ pub(crate) fn fenced_key(prefix: &str, name: &str) -> Result<String, Error> {
     Ok(format!("{prefix}{{{name}}}:fenced"))
 }
 
-/// `next_token(counter, idle_ms)`: the next token for the counter key, stored back with the idle
-/// TTL; a string of digits. Shared by the acquiring scripts.
+/// `next_token(counter, idle_ms, now_us)`: the next token for the counter key, stored back with
+/// the idle TTL; a string of digits, or nil past 2⁵³ − 1.
 const NEXT_TOKEN_LUA: &str = r"
-local function next_token(counter, idle_ms)
-  local time = redis.call('TIME')
-  local floor = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local function next_token(counter, idle_ms, now_us)
   local last = tonumber(redis.call('GET', counter) or '0')
-  local token = math.max(last + 1, floor)
+  local token = math.max(last + 1, now_us)
   if token > 9007199254740991 then
     return nil
   end
@@ -197,30 +195,31 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
         "{NEXT_TOKEN_LUA}{}",
         r"
 local mine = ARGV[1] .. ':'
+local current = {}
 local held_by_other = false
 for i = 1, #KEYS, 2 do
-  local current = redis.call('GET', KEYS[i])
-  if current and string.sub(current, 1, #mine) ~= mine then
+  current[i] = redis.call('GET', KEYS[i])
+  if current[i] and string.sub(current[i], 1, #mine) ~= mine then
     held_by_other = true
   end
 end
 if held_by_other then
   for i = 1, #KEYS, 2 do
-    local current = redis.call('GET', KEYS[i])
-    if current and string.sub(current, 1, #mine) == mine then
+    if current[i] and string.sub(current[i], 1, #mine) == mine then
       redis.call('DEL', KEYS[i])
     end
   end
   return nil
 end
+local time = redis.call('TIME')
+local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local tokens = {}
 for i = 1, #KEYS, 2 do
-  local current = redis.call('GET', KEYS[i])
   local token
-  if current then
-    token = string.sub(current, #mine + 1)
+  if current[i] then
+    token = string.sub(current[i], #mine + 1)
   else
-    token = next_token(KEYS[i + 1], ARGV[3])
+    token = next_token(KEYS[i + 1], ARGV[3], now_us)
     if not token then
       return redis.error_reply('fencelock: token space exhausted (2^53)')
     end
