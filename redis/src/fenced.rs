@@ -23,16 +23,22 @@ use crate::server::{LockServer, Resend};
 /// - in a Redis Cluster the pipeline's keys must share the fenced key's hash tag, `{name}`
 ///   (e.g. `ledger:{AAPL}` for the resource named `AAPL`).
 ///
-/// ```no_run
-/// use fencelock_redis::{LockServer, RedisFenced};
+/// ```
+/// # #[path = "../tests/support/server.rs"] mod server;
+/// # let redis = server::RedisProcess::start(); // a throwaway redis-server on 127.0.0.1
+/// # let url = redis.url();
+/// use fencelock_redis::{Error, LockServer};
 /// use std::time::Duration;
 ///
-/// let server = LockServer::open("redis://127.0.0.1:6379")?;
+/// let server = LockServer::open(&url)?; // "redis://127.0.0.1:6379"
 /// let lease = server.lock("AAPL")?.try_acquire(Duration::from_secs(5))?.expect("free");
 /// let ledger = server.fenced("AAPL")?;
 /// let mut sale = redis::pipe();
 /// sale.cmd("RPUSH").arg("sold:{AAPL}").arg(101);
 /// ledger.write(lease.token(), &sale)?; // refused with Error::Stale if we were taken over
+///
+/// let stale = fencelock::FencingToken::new(lease.token().get() - 1);
+/// assert!(matches!(ledger.write(stale, &sale), Err(Error::Stale(_)))); // nothing ran
 /// # Ok::<(), fencelock_redis::Error>(())
 /// ```
 #[derive(Clone)]

@@ -9,11 +9,14 @@
 //! holder that stalled past its lease — and does not know it — cannot overwrite the newer
 //! holder's work.
 //!
-//! ```no_run
+//! ```
+//! # #[path = "../tests/support/server.rs"] mod server;
+//! # let redis = server::RedisProcess::start(); // a throwaway redis-server on 127.0.0.1
+//! # let url = redis.url();
 //! use std::time::Duration;
 //! use fencelock_redis::LockServer;
 //!
-//! let server = LockServer::open("redis://127.0.0.1:6379")?; // connects lazily
+//! let server = LockServer::open(&url)?; // "redis://127.0.0.1:6379"; connects lazily
 //! let (book, ledger) = (server.lock("AAPL")?, server.fenced("AAPL")?);
 //! if let Some(lease) = book.acquire_timeout(Duration::from_secs(5), Duration::from_secs(1))? {
 //!     let mut sale = redis::pipe();

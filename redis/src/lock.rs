@@ -16,15 +16,20 @@ use crate::server::{LockServer, Resend};
 ///
 /// `Clone + Send + Sync` and cheap to clone; it shares its [`LockServer`]'s connections.
 ///
-/// ```no_run
+/// ```
+/// # #[path = "../tests/support/server.rs"] mod server;
+/// # let redis = server::RedisProcess::start(); // a throwaway redis-server on 127.0.0.1
+/// # let url = redis.url();
 /// use std::time::Duration;
 /// use fencelock_redis::RedisLock;
 ///
-/// let lock = RedisLock::open("redis://127.0.0.1:6379", "stock:AAPL")?;
-/// if let Some(lease) = lock.try_acquire(Duration::from_secs(5))? {
-///     println!("holding with token {}", lease.token());
-///     lease.release()?;
-/// }
+/// let lock = RedisLock::open(&url, "stock:AAPL")?; // url: "redis://127.0.0.1:6379"
+/// let lease = lock.try_acquire(Duration::from_secs(5))?.expect("nobody holds it");
+/// assert!(lock.try_acquire(Duration::from_secs(5))?.is_none()); // one holder at a time
+/// println!("holding with token {}", lease.token());
+/// lease.release()?;
+/// let next = lock.try_acquire(Duration::from_secs(5))?.expect("released");
+/// assert!(next.token() > fencelock::FencingToken::new(0));
 /// # Ok::<(), fencelock_redis::Error>(())
 /// ```
 #[derive(Clone)]

@@ -31,7 +31,7 @@
 
 use core::time::Duration;
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::LazyLock;
 use std::time::{Instant, SystemTime};
@@ -524,11 +524,7 @@ pub(crate) fn random_words() -> [u64; 2] {
     let wall = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let word = |salt: u8| {
-        let mut hasher = RandomState::new().build_hasher();
-        (salt, sequence, std::process::id(), wall).hash(&mut hasher);
-        hasher.finish()
-    };
+    let word = |salt: u8| RandomState::new().hash_one((salt, sequence, std::process::id(), wall));
     [word(0), word(1)]
 }
 

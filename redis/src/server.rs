@@ -32,16 +32,21 @@ pub(crate) enum Resend {
 /// one per concurrent caller at most, reused afterwards, and dropped after any error, so the next
 /// call reconnects (a server that restarts needs no new handle).
 ///
-/// ```no_run
+/// ```
+/// # #[path = "../tests/support/server.rs"] mod server;
+/// # let redis = server::RedisProcess::start(); // a throwaway redis-server on 127.0.0.1
+/// # let url = redis.url();
 /// use std::time::Duration;
-/// use fencelock_redis::LockServer;
+/// use fencelock_redis::{try_acquire_all, LockServer};
 ///
 /// let server = LockServer::builder()
 ///     .io_timeout(Duration::from_millis(500))
 ///     .key_prefix("exchange:")
-///     .open("redis://127.0.0.1:6379")?;
+///     .open(&url)?; // "redis://127.0.0.1:6379"
 /// let aapl = server.lock("stock:AAPL")?;
 /// let msft = server.lock("stock:MSFT")?; // same connections
+/// let both = try_acquire_all(&[&aapl, &msft], Duration::from_secs(5))?.expect("free");
+/// assert!(both.iter().all(|lease| lease.is_valid())); // each with its resource's own token
 /// # Ok::<(), fencelock_redis::Error>(())
 /// ```
 #[derive(Clone)]
