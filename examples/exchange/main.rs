@@ -4,10 +4,18 @@
 //! Each step answers one hazard of the seed article with one of fencelock's primitives, and ends
 //! by checking that nothing was lost or duplicated. Run with
 //! `cargo run --release --example exchange`; the process exits non-zero if any check fails.
+//!
+//! `cargo run --release --example exchange -- --redis [URL] [--processes N]` runs the exchange
+//! across processes instead, on a Redis server (see `across_processes.rs`).
 
+mod across_processes;
 mod market;
+mod redis_books;
+#[path = "../../redis/tests/support/server.rs"]
+mod redis_process;
 mod rng;
 mod settlement;
+mod trader;
 mod trading;
 mod transfers;
 
@@ -17,6 +25,13 @@ use std::process::ExitCode;
 type Step = fn() -> Result<String, String>;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(redis_books::TRADER_FLAG) {
+        return trader::main(&args[1..]);
+    }
+    if args.iter().any(|arg| arg == "--redis") {
+        return across_processes::main(&args);
+    }
     let steps: [(&str, Step); 3] = [
         (
             "trading: each stock's book behind its own SpinLock",

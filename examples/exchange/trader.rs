@@ -1,0 +1,348 @@
+//! A trader process of the `--redis` mode, started by the parent as
+//! `exchange --trader <url> <process> <key prefix> <stall: 0|1>`.
+//!
+//! Its threads sell units from the books in Redis, one batch at a time: take the stock's
+//! `RedisLock` lease, *claim* the stock's `RedisFenced` ledger with the lease's token (an empty
+//! fenced write), read a batch from the head of the book, then move the batch from the book to the
+//! sales in one fenced write with the same token, and release. The fenced write is the only place
+//! units move, so a holder whose lease ended cannot move any once a newer holder has claimed.
+//!
+//! Why claim before reading: a newer holder reads the book only after its claim, so an older
+//! holder's write either landed before that claim (and the newer holder reads the book without
+//! those units) or comes after it and is refused. Without the claim, a late write could slip in
+//! between the newer holder's read and its write, and both would sell the same units.
+//!
+//! Process 0 also stages the stall: before the other traders start it takes AAPL's lease with a
+//! short TTL and reads a batch, then (in its first thread) sleeps past the lease until a newer
+//! holder has written AAPL's ledger — a holder that read the same units, still at the head of the
+//! book, and sold them. Its late write, which would sell them again, must be refused.
+
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fencelock_redis::redis::{self, Connection};
+use fencelock_redis::{Error, LockServer, RedisFenced, RedisLease, RedisLock};
+
+use crate::market::STOCKS;
+use crate::redis_books::{book_key, connect, sold_key, StallReport, Tally, BATCH, READY, THREADS};
+
+/// Long enough that a trader that is not stalled on purpose never outlives its lease.
+const LEASE: Duration = Duration::from_secs(2);
+/// The stalled trader's lease: it sleeps past it.
+const STALL_LEASE: Duration = Duration::from_millis(100);
+/// How long a thread waits for a busy stock before trying the next one.
+const ACQUIRE_WAIT: Duration = Duration::from_millis(100);
+/// Bounds on one thread's work: batches attempted, and time.
+const MAX_ATTEMPTS: usize = 20_000;
+const THREAD_DEADLINE: Duration = Duration::from_secs(40);
+/// The longest the stalled trader waits for someone to take over; past it, its late write goes
+/// out anyway (and is admitted: the parent then fails the run).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+/// How often the stalled trader looks at the ledger while it waits.
+const STALL_POLL: Duration = Duration::from_millis(5);
+
+/// The stock whose trader stalls.
+const STALLED_STOCK: usize = 0;
+
+/// Runs a trader process; prints its report (or `error ...`) on stdout for the parent.
+pub fn main(args: &[String]) -> ExitCode {
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            println!("error {}", why.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One process's handles: a `LockServer` shared by every thread, a lock and a ledger per stock.
+struct Desk {
+    url: String,
+    prefix: String,
+    locks: Vec<RedisLock>,
+    ledgers: Vec<RedisFenced>,
+}
+
+impl Desk {
+    fn book(&self, stock: usize) -> String {
+        book_key(&self.prefix, STOCKS[stock])
+    }
+
+    fn sold(&self, stock: usize) -> String {
+        sold_key(&self.prefix, STOCKS[stock])
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let [url, process, prefix, stall] = args else {
+        return Err(format!(
+            "expected <url> <process> <prefix> <stall>, got {args:?}"
+        ));
+    };
+    let process: usize = process.parse().map_err(|_| "bad process index")?;
+    let server = LockServer::builder()
+        .key_prefix(prefix.as_str())
+        .open(url)
+        .map_err(|e| e.to_string())?;
+    let desk = Desk {
+        url: url.clone(),
+        prefix: prefix.clone(),
+        locks: STOCKS
+            .iter()
+            .map(|stock| server.lock(stock).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
+        ledgers: STOCKS
+            .iter()
+            .map(|stock| server.fenced(stock).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
+    };
+
+    let mut staged = match stall.as_str() {
+        "1" => {
+            let staged = Staged::stage(&desk)?;
+            println!("{READY}");
+            Some(staged)
+        }
+        _ => None,
+    };
+    let outcomes = thread::scope(|s| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let (desk, staged) = (&desk, staged.take());
+                let first = (process * THREADS + thread) % STOCKS.len();
+                s.spawn(move || trade(desk, first, staged))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("a trader thread panicked".into()))
+            })
+            .collect::<Vec<_>>()
+    });
+
+    let mut total = Tally::default();
+    for outcome in outcomes {
+        let (tally, stall) = outcome?;
+        total.add(&tally);
+        if let Some(stall) = stall {
+            println!("{}", stall.line());
+        }
+    }
+    println!("{}", total.line(process));
+    Ok(())
+}
+
+/// One trader thread: finishes the staged stall if it was handed one, then sells until every
+/// book is empty.
+fn trade(
+    desk: &Desk,
+    first: usize,
+    staged: Option<Staged>,
+) -> Result<(Tally, Option<StallReport>), String> {
+    let mut con = connect(&desk.url)?;
+    let mut tally = Tally::default();
+    let stall = match staged {
+        Some(staged) => Some(staged.stall(desk, &mut con, &mut tally)?),
+        None => None,
+    };
+    let started = Instant::now();
+    let mut empty = [false; STOCKS.len()];
+    let mut next = first;
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(stock) = (0..STOCKS.len())
+            .map(|i| (next + i) % STOCKS.len())
+            .find(|&stock| !empty[stock])
+        else {
+            return Ok((tally, stall));
+        };
+        if started.elapsed() > THREAD_DEADLINE {
+            return Err(format!("still selling after {THREAD_DEADLINE:?}"));
+        }
+        next = stock + 1; // one batch per stock in turn spreads the threads over the books
+        if sell_batch(desk, &mut con, stock, &mut tally)? == Batch::BookEmpty {
+            empty[stock] = true;
+        }
+    }
+    Err(format!(
+        "books still not empty after {MAX_ATTEMPTS} batches"
+    ))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Batch {
+    Sold,
+    BookEmpty,
+    /// The lock stayed held, or a newer holder claimed the ledger first: nothing moved.
+    NotNow,
+}
+
+/// Sells one batch of `stock` under a lease: claim the ledger, read, move, release.
+fn sell_batch(
+    desk: &Desk,
+    con: &mut Connection,
+    stock: usize,
+    tally: &mut Tally,
+) -> Result<Batch, String> {
+    let lease = desk.locks[stock]
+        .acquire_timeout(LEASE, ACQUIRE_WAIT)
+        .map_err(|e| e.to_string())?;
+    let Some(lease) = lease else {
+        return Ok(Batch::NotNow);
+    };
+    tally.saw(lease.token().get());
+    let ledger = &desk.ledgers[stock];
+    let batch = if !fenced_write(ledger, &lease, &redis::pipe(), tally)? {
+        Batch::NotNow
+    } else {
+        let units = read_batch(con, &desk.book(stock))?;
+        if units.is_empty() {
+            Batch::BookEmpty
+        } else if fenced_write(ledger, &lease, &sale(desk, stock, &units), tally)? {
+            tally.sold += units.len() as u64;
+            tally.batches += 1;
+            Batch::Sold
+        } else {
+            Batch::NotNow
+        }
+    };
+    release(lease, tally)?;
+    Ok(batch)
+}
+
+/// The units at the head of a book, at most a batch.
+fn read_batch(con: &mut Connection, book: &str) -> Result<Vec<u32>, String> {
+    redis::cmd("LRANGE")
+        .arg(book)
+        .arg(0)
+        .arg(BATCH - 1)
+        .query(con)
+        .map_err(|e| format!("reading {book}: {e}"))
+}
+
+/// The commands that move `units` from `stock`'s book to its sales. Each runs whatever the book
+/// holds: `LREM` of a unit already gone does nothing, but `RPUSH` would record it sold again —
+/// which is why these commands run only inside a fenced write.
+fn sale(desk: &Desk, stock: usize, units: &[u32]) -> redis::Pipeline {
+    let (book, sold) = (desk.book(stock), desk.sold(stock));
+    let mut sale = redis::pipe();
+    for unit in units {
+        sale.cmd("LREM").arg(&book).arg(1).arg(unit);
+    }
+    sale.cmd("RPUSH").arg(&sold).arg(units);
+    sale
+}
+
+/// A fenced write with the lease's token: `true` if admitted, `false` (counted) if refused as
+/// stale.
+fn fenced_write(
+    ledger: &RedisFenced,
+    lease: &RedisLease,
+    commands: &redis::Pipeline,
+    tally: &mut Tally,
+) -> Result<bool, String> {
+    match ledger.write(lease.token(), commands) {
+        Ok(()) => Ok(true),
+        Err(Error::Stale(_)) => {
+            tally.refused += 1;
+            Ok(false)
+        }
+        Err(e) => Err(format!("fenced write on {}: {e}", ledger.name())),
+    }
+}
+
+/// Releases a lease: `true` if it was still held, `false` (counted) if it had been lost.
+fn release(lease: RedisLease, tally: &mut Tally) -> Result<bool, String> {
+    let name = lease.name().to_owned();
+    match lease.release() {
+        Ok(()) => Ok(true),
+        Err(Error::Lost(_)) => {
+            tally.lost += 1;
+            Ok(false)
+        }
+        Err(e) => Err(format!("releasing {name}: {e}")),
+    }
+}
+
+/// The stalling trader's lease on AAPL and the batch it read, before anyone else trades.
+struct Staged {
+    lease: RedisLease,
+    units: Vec<u32>,
+}
+
+impl Staged {
+    /// Takes AAPL's lease with a short TTL, claims its ledger and reads a batch.
+    fn stage(desk: &Desk) -> Result<Self, String> {
+        let lease = desk.locks[STALLED_STOCK]
+            .acquire_timeout(STALL_LEASE, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?
+            .ok_or("the stalled stock's lock never came free")?;
+        let mut ignored = Tally::default();
+        if !fenced_write(
+            &desk.ledgers[STALLED_STOCK],
+            &lease,
+            &redis::pipe(),
+            &mut ignored,
+        )? {
+            return Err("a fresh lease's claim was refused".into());
+        }
+        let units = read_batch(&mut connect(&desk.url)?, &desk.book(STALLED_STOCK))?;
+        if units.is_empty() {
+            return Err("the stalled stock's book is empty before trading began".into());
+        }
+        Ok(Self { lease, units })
+    }
+
+    /// The stall itself: sleep past the lease, and on until a newer holder has written the
+    /// ledger; then try the late write and the release, and see where the batch went.
+    fn stall(
+        self,
+        desk: &Desk,
+        con: &mut Connection,
+        tally: &mut Tally,
+    ) -> Result<StallReport, String> {
+        let Self { lease, units } = self;
+        let token = lease.token().get();
+        tally.saw(token);
+        let ledger = &desk.ledgers[STALLED_STOCK];
+        let stalled = Instant::now();
+        thread::sleep(STALL_LEASE);
+        let highest = || ledger.highest().map(|t| t.get()).map_err(|e| e.to_string());
+        while highest()? <= token && stalled.elapsed() < TAKEOVER_WAIT {
+            thread::sleep(STALL_POLL);
+        }
+        let stalled_ms = stalled.elapsed().as_millis() as u64;
+        let highest = highest()?;
+
+        let admitted = fenced_write(ledger, &lease, &sale(desk, STALLED_STOCK, &units), tally)?;
+        if admitted {
+            tally.sold += units.len() as u64;
+            tally.batches += 1;
+        }
+        let held = release(lease, tally)?;
+        let sold = desk.sold(STALLED_STOCK);
+        let mut resold = 0;
+        for unit in &units {
+            let places: Vec<u64> = redis::cmd("LPOS")
+                .arg(&sold)
+                .arg(unit)
+                .arg("COUNT")
+                .arg(0)
+                .query(con)
+                .map_err(|e| format!("looking for unit {unit} in {sold}: {e}"))?;
+            resold += usize::from(places.len() == 1);
+        }
+        Ok(StallReport {
+            token,
+            ttl_ms: STALL_LEASE.as_millis() as u64,
+            stalled_ms,
+            units: units.len(),
+            highest,
+            write: if admitted { "admitted" } else { "refused" }.into(),
+            release: if held { "held" } else { "lost" }.into(),
+            resold,
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! The exchange example's `--redis` mode, end to end: three trader processes against a throwaway
+//! `redis-server`, one of them stalling past its lease. The run must pass its own exactly-once
+//! check, with the stalled trader's late write refused.
+//!
+//! Runs the example binary that `cargo test` builds (into `target/<profile>/examples/`); it needs
+//! `redis-server` on PATH.
+
+#[path = "../redis/tests/support/server.rs"]
+mod redis_process;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use redis_process::RedisProcess;
+
+/// The longest the whole run may take before it is killed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `target/<profile>/examples/exchange`, next to this test's `deps/` directory.
+fn example_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = me
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps");
+    let exe = profile_dir
+        .join("examples")
+        .join(format!("exchange{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        exe.is_file(),
+        "the exchange example is not built at {}: run `cargo test` (which builds the examples) \
+         or `cargo build --example exchange` first",
+        exe.display()
+    );
+    let built = modified(&exe);
+    let sources = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/exchange");
+    for source in std::fs::read_dir(&sources).expect("examples/exchange/") {
+        let source = source.expect("a directory entry").path();
+        assert!(
+            modified(&source) <= built,
+            "{} is older than {}: rebuild it with `cargo build --example exchange` (or run \
+             `cargo test` without --test, which builds the examples)",
+            exe.display(),
+            source.display()
+        );
+    }
+    exe
+}
+
+fn modified(path: &std::path::Path) -> SystemTime {
+    path.metadata()
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn across_processes_every_unit_is_sold_exactly_once_and_the_stalled_write_is_refused() {
+    let exe = example_binary();
+    let server = RedisProcess::start();
+    let started = Instant::now();
+    let mut child = Command::new(&exe)
+        .args(["--redis", &server.url(), "--processes", "3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+
+    // Both pipes are read to their end on threads of their own (the traders inherit stderr, so it
+    // closes when the last process of the run is gone); the wait for them is bounded.
+    let (done, finished) = mpsc::channel();
+    for mut pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            let _ = done.send(text);
+        });
+    }
+    let mut outputs = Vec::new();
+    for _ in 0..2 {
+        let left = RUN_TIMEOUT.saturating_sub(started.elapsed());
+        match finished.recv_timeout(left) {
+            Ok(text) => outputs.push(text),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the exchange did not finish within {RUN_TIMEOUT:?}: killed it");
+            }
+        }
+    }
+    let status = child.wait().expect("wait for the exchange");
+    let output = outputs.concat();
+
+    assert!(
+        status.success(),
+        "the exchange failed ({status}):\n{output}"
+    );
+    assert!(
+        output.contains("exactly-once check passed"),
+        "no exactly-once verdict:\n{output}"
+    );
+    let refused: u64 = output
+        .split("late writes refused: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of late writes refused:\n{output}"));
+    assert!(refused >= 1, "no late write was refused:\n{output}");
+    assert!(
+        output.contains("processes: 3,"),
+        "not 3 processes:\n{output}"
+    );
+}
