@@ -22,7 +22,10 @@
 //!
 //! Accesses to the data take a third, separate byte (`access`) for the duration of the closure and
 //! check the lease *after* taking it: a lease that ends mid-access cannot make the next holder's
-//! access overlap it, because the next holder waits for the byte.
+//! access overlap it, because the next holder waits for the byte. An access that finds the byte
+//! busy looks at its lease while it waits (generation and clock) and gives up as soon as the lease
+//! is lost: a lost lease waits for nobody, so accesses nested across locks (A inside L0 opens L1, B
+//! inside L1 opens L0) cannot wait on each other for longer than a lease.
 
 use core::fmt;
 use core::mem::ManuallyDrop;
@@ -67,7 +70,9 @@ const LOOKS_BEFORE_PARKING: u32 = 0;
 ///   [`FencingToken`], strictly increasing per lock, from 1.
 /// - The data is reached only through the lease ([`Lease::with`], [`Lease::with_mut`]), which
 ///   refuses to start an access once the lease has ended or been taken over; two accesses never
-///   overlap, even when a lease ends in the middle of one (the next holder's access waits).
+///   overlap, even when a lease ends in the middle of one (the next holder's access waits). An
+///   access that waits for another to end gives up with [`LeaseLost`] as soon as its own lease
+///   ends or is taken over, without waiting any longer.
 /// - A stale lease's [`renew`](Lease::renew) and [`release`](Lease::release) fail with
 ///   [`LeaseLost`] and change nothing: they can never extend or end a newer lease.
 ///
@@ -523,7 +528,12 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
 
     /// Takes the access byte, then checks that lease `generation` (ending at `deadline`) still
     /// holds the lock: the check comes after taking the byte, so that an access of a newer lease
-    /// can only start after this one ends.
+    /// can only start after this one ends. Uncontended, that is one CAS and one clock read.
+    ///
+    /// While the byte is busy it also looks at the lease between tries, and gives up the moment
+    /// the lease has ended or been taken over: a lost lease never waits for anyone's access, so a
+    /// cycle of accesses nested across locks breaks once one of its leases is lost.
+    #[inline]
     fn begin_access(&self, generation: u64, deadline: u64) -> Result<Access<'_>, LeaseLost> {
         let mut attempt = 0_u32;
         // Acquire pairs with the Release store in `Access::drop`: the previous access, whoever
@@ -533,18 +543,33 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
             .compare_exchange(IDLE, ACCESSING, Acquire, Relaxed)
             .is_err()
         {
-            primitive::relax::<Backoff>(attempt);
-            attempt = attempt.saturating_add(1);
+            self.wait_for_access(generation, deadline, &mut attempt)?;
         }
         let access = Access(&self.access);
         let now = nanos(self.clock.now());
-        if self.state.load(Relaxed) >> GENERATION_SHIFT != generation {
-            return Err(taken_over(generation));
+        match self.lost(generation, deadline, now) {
+            Some(lost) => Err(lost),
+            None => Ok(access),
         }
-        if now >= deadline {
-            return Err(LeaseLost::Expired);
+    }
+
+    /// One wait for a busy access byte: fails if lease `generation` has been lost meanwhile (by
+    /// the state word's generation or by the clock), otherwise relaxes once.
+    #[cold]
+    fn wait_for_access(
+        &self,
+        generation: u64,
+        deadline: u64,
+        attempt: &mut u32,
+    ) -> Result<(), LeaseLost> {
+        // Relaxed (in `lost`): the look only decides to give up early, touching no data; a stale
+        // look costs one more try, and the check after taking the byte decides the access.
+        if let Some(lost) = self.lost(generation, deadline, nanos(self.clock.now())) {
+            return Err(lost);
         }
-        Ok(access)
+        primitive::relax::<Backoff>(*attempt);
+        *attempt = attempt.saturating_add(1);
+        Ok(())
     }
 
     /// Whether lease `generation`, ending at `deadline`, still holds the lock at `now`.
@@ -697,8 +722,14 @@ impl<T: ?Sized, C: Clock> Lease<'_, T, C> {
     /// nothing and returns [`LeaseLost`].
     ///
     /// The access excludes every other access to the data for as long as `read` runs — including
-    /// the next holder's, should this lease end meanwhile. Calling `with`/`with_mut` on the same
-    /// lock from inside `read` waits forever (like locking a mutex twice).
+    /// the next holder's, should this lease end meanwhile. While another access runs, this one
+    /// waits for it — unless this lease ends or is taken over meanwhile: then it returns
+    /// [`LeaseLost`] at once, without waiting for the other access to end. So accesses nested
+    /// across locks never wait on each other for longer than the shortest of their leases, and a
+    /// lease that was taken over is refused at once, even while the new holder's access runs.
+    /// Calling `with`/`with_mut` on the same lock from inside `read` waits until this lease ends
+    /// (like locking a mutex twice, but bounded by the lease), then returns
+    /// [`LeaseLost::Expired`].
     #[inline]
     pub fn with<R>(&self, read: impl FnOnce(&T) -> R) -> Result<R, LeaseLost> {
         let _access = self.lock.begin_access(self.generation, self.deadline)?;

@@ -4,14 +4,14 @@
 //! timing. Stress loops shrink under Miri.
 #![cfg(not(loom))]
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
 use fencelock::{
-    Clock, DeadlineLock, Fenced, FencingToken, LeaseLost, ManualClock, MonotonicClock, StaleToken,
-    Versioned,
+    acquire_all, Clock, DeadlineLock, Fenced, FencingToken, LeaseLost, ManualClock, MonotonicClock,
+    StaleToken, Versioned,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -22,6 +22,26 @@ const ROUNDS: u64 = if cfg!(miri) { 20 } else { 2_000 };
 fn manual_lock<T>(value: T) -> (DeadlineLock<T, Arc<ManualClock>>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new());
     (DeadlineLock::with_clock(value, Arc::clone(&clock)), clock)
+}
+
+/// Runs `scenario` on its own thread and fails the test if it has not finished after a minute of
+/// real time: a regression to a deadlock or a stale sleep fails instead of hanging the suite. The
+/// timeout only turns a hang into a failure; nothing waits for it to pass.
+fn watchdog<R: Send + 'static>(what: &str, scenario: impl FnOnce() -> R + Send + 'static) -> R {
+    let (done, finished) = mpsc::channel();
+    thread::spawn(move || done.send(scenario()).unwrap());
+    match finished.recv_timeout(Duration::from_secs(60)) {
+        Ok(result) => result,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: still running after 60 s"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
+    }
+}
+
+/// Spins (yielding) until `flag` is set: how the deterministic tests sequence their threads.
+fn wait_for(flag: &AtomicBool) {
+    while !flag.load(Acquire) {
+        thread::yield_now();
+    }
 }
 
 #[test]
@@ -293,6 +313,112 @@ fn takeovers_never_let_accesses_overlap() {
     });
     let (count, shadow) = lock.into_inner();
     assert_eq!((count, shadow), (admitted, admitted));
+}
+
+/// Issue 7, the access cycle: A holds leases on L0 and L1; inside its L0 access it stalls past
+/// both, then opens L1. B takes both over and, inside its L1 access, opens L0. A's inner access
+/// waits for B's L1 byte and B's for A's L0 byte: unless A, whose L1 lease was taken over, gives up
+/// while it waits, neither ever returns.
+#[test]
+fn nested_accesses_of_lost_leases_give_up_instead_of_deadlocking() {
+    let (a_inner, b_inner) = watchdog("the two-lock access cycle", || {
+        let clock = Arc::new(ManualClock::new());
+        let locks = [0, 1].map(|n| DeadlineLock::with_clock(n, Arc::clone(&clock)));
+        let (a_inside, b_inside) = (AtomicBool::new(false), AtomicBool::new(false));
+        let [mut a0, mut a1] = acquire_all([&locks[0], &locks[1]], SECOND).unwrap();
+        thread::scope(|s| {
+            let a = s.spawn(|| {
+                let inner = a0.with_mut(|n0| {
+                    *n0 += 1;
+                    a_inside.store(true, Release);
+                    wait_for(&b_inside); // the stall: B takes over meanwhile
+                    a1.with_mut(|n1| *n1 += 1)
+                });
+                inner.unwrap()
+            });
+            wait_for(&a_inside);
+            clock.advance(SECOND); // both of A's leases end
+            let [mut b0, mut b1] = acquire_all([&locks[0], &locks[1]], SECOND).unwrap();
+            let b_inner = b1
+                .with_mut(|n1| {
+                    *n1 += 10;
+                    b_inside.store(true, Release);
+                    b0.with_mut(|n0| *n0 += 10)
+                })
+                .unwrap();
+            let a_inner = a.join().unwrap();
+            assert_eq!((b0.with(|n| *n), b1.with(|n| *n)), (Ok(11), Ok(11)));
+            (a_inner, b_inner.map(|()| b1.token()))
+        })
+    });
+    let by = FencingToken::new(2);
+    assert_eq!(
+        (a_inner, b_inner),
+        (Err(LeaseLost::TakenOver { by }), Ok(by))
+    );
+}
+
+/// An access of a lease that was taken over returns at once, while the new holder's access still
+/// runs — not after it. The new holder waits for the stale access's answer inside its own access,
+/// so an access that waited for the byte would never return.
+#[test]
+fn a_taken_over_access_refuses_while_the_new_holder_accesses() {
+    let refused = watchdog("a taken-over access waiting for the byte", || {
+        let (lock, clock) = manual_lock(0_u32);
+        let mut stale = lock.acquire(SECOND);
+        clock.advance(SECOND);
+        let mut current = lock.try_acquire(SECOND).unwrap();
+        let (inside, answered) = (AtomicBool::new(false), AtomicBool::new(false));
+        thread::scope(|s| {
+            let holder = s.spawn(|| {
+                current.with_mut(|n| {
+                    inside.store(true, Release);
+                    wait_for(&answered);
+                    *n += 1;
+                })
+            });
+            wait_for(&inside);
+            let refused = stale.with_mut(|n| *n += 100);
+            answered.store(true, Release);
+            holder.join().unwrap().unwrap();
+            refused
+        })
+    });
+    assert_eq!(
+        refused,
+        Err(LeaseLost::TakenOver {
+            by: FencingToken::new(2)
+        })
+    );
+}
+
+/// A lease that runs out while it waits for the byte (held by an older, stalled access) gives up
+/// with `Expired` by the clock, without waiting for that access to end.
+#[test]
+fn an_access_that_runs_out_while_waiting_gives_up() {
+    let refused = watchdog("an expired access waiting for the byte", || {
+        let (lock, clock) = manual_lock(0_u32);
+        let mut stalled = lock.acquire(SECOND);
+        let (inside, answered) = (AtomicBool::new(false), AtomicBool::new(false));
+        thread::scope(|s| {
+            let staller = s.spawn(|| {
+                stalled.with_mut(|n| {
+                    inside.store(true, Release);
+                    wait_for(&answered);
+                    *n += 1;
+                })
+            });
+            wait_for(&inside);
+            clock.advance(SECOND);
+            let mut next = lock.try_acquire(SECOND).unwrap();
+            clock.advance(SECOND); // the next lease runs out too, and nobody takes it over
+            let refused = next.with_mut(|n| *n += 100);
+            answered.store(true, Release);
+            staller.join().unwrap().unwrap();
+            refused
+        })
+    });
+    assert_eq!(refused, Err(LeaseLost::Expired));
 }
 
 #[test]

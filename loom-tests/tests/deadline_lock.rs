@@ -251,3 +251,38 @@ fn acquire_takes_over_once_the_clock_passes_the_deadline() {
         advancer.join().unwrap();
     });
 }
+
+/// Issue 7, the access cycle across two locks: A holds leases on L0 and L1 and, inside its L0
+/// access, opens L1; meanwhile the clock passes A's deadlines and B takes both locks over and,
+/// inside its L1 access, opens L0. Each may wait for the other's byte; A's leases are lost, so its
+/// inner access must give up while it waits, and then B's goes through. Before the fix, the
+/// interleaving where both wait spun forever (loom: "exceeded maximum number of branches").
+/// Bound 3 (two threads).
+#[test]
+fn nested_accesses_of_lost_leases_never_deadlock() {
+    model(3, || {
+        let clock = StdArc::new(ManualClock::new());
+        let locks: &'static [Lock<u32>; 2] = Box::leak(Box::new(
+            [0, 1].map(|n| DeadlineLock::with_clock(n, StdArc::clone(&clock))),
+        ));
+        let mut a0 = locks[0].try_acquire(TEN).unwrap();
+        let mut a1 = locks[1].try_acquire(TEN).unwrap();
+        let a = thread::spawn(move || {
+            let _ = a0.with_mut(|n0| {
+                *n0 += 1;
+                let _ = a1.with_mut(|n1| *n1 += 1);
+            });
+            core::mem::forget((a0, a1));
+        });
+        clock.advance(TEN);
+        let mut b1 = locks[1].try_acquire(TEN).unwrap();
+        let mut b0 = locks[0].try_acquire(TEN).unwrap();
+        let nested = b1.with_mut(|n1| {
+            *n1 += 10;
+            b0.with_mut(|n0| *n0 += 10)
+        });
+        assert_eq!(nested, Ok(Ok(())));
+        a.join().unwrap();
+        core::mem::forget((b0, b1));
+    });
+}
