@@ -325,7 +325,7 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
             match self.take_over(state, now, lease, false) {
                 Ok(acquired) => return Some(acquired),
                 Err(Refused::Contended { current }) => state = current,
-                Err(Refused::Held { .. } | Refused::Exhausted) => return None,
+                Err(Refused::Held { .. } | Refused::Exhausted { .. }) => return None,
             }
         }
     }
@@ -373,7 +373,7 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
         } else if let Some(generation) = next_generation(state) {
             return Ok(self.issue(generation, state & PARKED, now, lease));
         } else {
-            Refused::Exhausted
+            Refused::Exhausted { deadline }
         };
         let unlocked = if parking { state | PARKED } else { state };
         // Relaxed: this thread wrote nothing to publish, and an RMW continues the release sequence
@@ -387,19 +387,21 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
     /// `give_up`.
     ///
     /// A parked waiter has read the deadline under LOCKED once; it then sleeps on that knowledge,
-    /// without touching the state word, for as long as the state word is unchanged and the clock
-    /// has not reached that deadline. A renewal that moves the deadline earlier wakes it.
+    /// without touching the state word, for as long as the state word *and the deadline word* are
+    /// unchanged and the clock has not reached that deadline. A renewal that moves the deadline
+    /// earlier wakes it. The state word alone is not enough: a renewal clears PARKED, and another
+    /// waiter may set it again before this one parks, so that the state word is back to what this
+    /// waiter left while the deadline it read is stale (and later than the real one).
     #[cold]
     #[cfg_attr(loom, allow(clippy::absurd_extreme_comparisons))]
     fn wait(&self, lease: Duration, give_up: Option<u64>) -> Option<Lease<'_, T, C>> {
         let mut attempt = 0_u32;
-        // The state word this waiter left (PARKED set), and the deadline it read under LOCKED.
-        let mut watching: Option<(u64, u64)> = None;
+        let mut watching: Option<Watch> = None;
         loop {
             let now = nanos(self.clock.now());
             let state = self.state.load(Relaxed);
             match watching {
-                Some((seen, deadline)) if state == seen && now < deadline => {}
+                Some(watch) if self.unchanged(&watch, state) && now < watch.until => {}
                 _ if state & (HELD | LOCKED) != HELD || attempt < LOOKS_BEFORE_PARKING => {
                     watching = None;
                     if let Some(acquired) = self.try_acquire_at(now, lease) {
@@ -408,8 +410,20 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
                 }
                 _ => match self.take_over(state, now, lease, true) {
                     Ok(acquired) => return Some(acquired),
-                    Err(Refused::Held { deadline }) => watching = Some((state | PARKED, deadline)),
-                    Err(Refused::Exhausted) => watching = Some((state | PARKED, u64::MAX)),
+                    Err(Refused::Held { deadline }) => {
+                        watching = Some(Watch {
+                            state: state | PARKED,
+                            deadline,
+                            until: deadline,
+                        });
+                    }
+                    Err(Refused::Exhausted { deadline }) => {
+                        watching = Some(Watch {
+                            state: state | PARKED,
+                            deadline,
+                            until: u64::MAX,
+                        });
+                    }
                     Err(Refused::Contended { .. }) => watching = None,
                 },
             }
@@ -419,13 +433,14 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
             match watching {
                 // PARKED is set: sleep until the deadline, unless a release or a renewal that
                 // moves the deadline earlier (which see PARKED) wakes us first.
-                Some((seen, deadline)) => {
-                    let until = give_up.map_or(deadline, |give_up| give_up.min(deadline));
+                Some(watch) => {
+                    let until = give_up.map_or(watch.until, |give_up| give_up.min(watch.until));
                     let ahead = Duration::from_nanos(until.saturating_sub(now));
+                    let sleep = self.clock.max_sleep(ahead);
                     let woken = primitive::park(
                         self.park_key(),
-                        || self.state.load(Relaxed) == seen,
-                        self.clock.max_sleep(ahead),
+                        || self.unchanged(&watch, self.state.load(Relaxed)),
+                        sleep,
                     );
                     if woken {
                         watching = None;
@@ -437,6 +452,21 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
                 }
             }
         }
+    }
+
+    /// Whether a waiter may go on sleeping on `watch`: the state word is `state` (read by the
+    /// caller) and equals the one the waiter left, and the deadline word is still the one it read.
+    ///
+    /// Relaxed, both: this is a hint outside `park`, and inside `park`'s validation (under the
+    /// park queue's lock) it is exact without ordering. The state word can only come back to
+    /// `watch.state` after PARKED was cleared by a renewal that moved the deadline earlier, and
+    /// that renewal writes the deadline and then calls `unpark_all`, which takes the same queue
+    /// lock: either it comes after this validation (and wakes this waiter, now queued), or it
+    /// happens-before it, and this load sees the new deadline. A release also clears PARKED, but
+    /// the generation never comes back.
+    #[inline]
+    fn unchanged(&self, watch: &Watch, state: u64) -> bool {
+        state == watch.state && self.deadline.load(Relaxed) == watch.deadline
     }
 
     /// Renews lease `generation`, which ended at `old` and which its holder found still running
@@ -608,8 +638,18 @@ enum Refused {
     /// Another thread changed the state word first (it holds LOCKED, or released, or took over):
     /// `current` is what the state word holds now.
     Contended { current: u64 },
-    /// The lock has issued its last generation.
-    Exhausted,
+    /// The lease that ended at `deadline` was the lock's last generation: nobody may take over.
+    Exhausted { deadline: u64 },
+}
+
+/// What a parked waiter sleeps on: the state word it left (PARKED set) and the deadline word it
+/// read under LOCKED; it looks again once the clock reaches `until` (that deadline, or never when
+/// the lock is exhausted), or when either word changes.
+#[derive(Clone, Copy)]
+struct Watch {
+    state: u64,
+    deadline: u64,
+    until: u64,
 }
 
 /// The generation after the one in `state`; `None` once the last has been issued, so that tokens

@@ -4,7 +4,7 @@
 //! timing. Stress loops shrink under Miri.
 #![cfg(not(loom))]
 
-use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::*};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
@@ -419,6 +419,79 @@ fn an_access_that_runs_out_while_waiting_gives_up() {
         })
     });
     assert_eq!(refused, Err(LeaseLost::Expired));
+}
+
+/// A `ManualClock` whose `max_sleep` — which a waiter calls just before it parks — runs `hook`.
+struct HookedClock<F> {
+    time: Arc<ManualClock>,
+    hook: F,
+}
+
+impl<F: Fn(Duration) -> Duration + Send + Sync> Clock for HookedClock<F> {
+    fn now(&self) -> Duration {
+        self.time.now()
+    }
+
+    fn max_sleep(&self, ahead: Duration) -> Duration {
+        (self.hook)(ahead)
+    }
+}
+
+/// Issue 7, the lost wake-up: waiter W1 reads the deadline (an hour) and sets PARKED; the holder
+/// renews to one second, clearing PARKED and waking nobody (W1 is not parked yet); waiter W2 sets
+/// PARKED again, so the state word is what W1 left; W2 gives up. W1 must not sleep on the hour:
+/// once the clock passes one second it takes over.
+///
+/// The clock's `max_sleep` hook holds W1 between reading the deadline and parking (its first
+/// call) and tells the test when W2 is about to park (its second); its first call asks for the
+/// whole hour of sleep, so a park validated on a stale deadline really sleeps it.
+#[test]
+fn a_waiter_never_sleeps_on_a_deadline_a_renewal_shortened() {
+    let token = watchdog("a waiter parked on a stale deadline", || {
+        let flags = Arc::new([(); 3].map(|()| AtomicBool::new(false)));
+        let [w1_holding, w2_parking, w1_go] = [0, 1, 2];
+        let calls = AtomicU32::new(0);
+        let time = Arc::new(ManualClock::new());
+        let hook = {
+            let flags = Arc::clone(&flags);
+            move |ahead: Duration| match calls.fetch_add(1, Relaxed) {
+                0 => {
+                    flags[w1_holding].store(true, Release);
+                    wait_for(&flags[w1_go]);
+                    ahead
+                }
+                1 => {
+                    flags[w2_parking].store(true, Release);
+                    ahead.min(Duration::from_millis(1))
+                }
+                _ => ahead.min(Duration::from_millis(1)),
+            }
+        };
+        let clock = HookedClock {
+            time: Arc::clone(&time),
+            hook,
+        };
+        let lock = DeadlineLock::with_clock((), clock);
+        let mut holder = lock.acquire(Duration::from_secs(3600));
+        thread::scope(|s| {
+            let w1 = s.spawn(|| lock.acquire(SECOND).token());
+            wait_for(&flags[w1_holding]);
+            holder.renew(SECOND).unwrap();
+            let w2 = s.spawn(|| lock.acquire_timeout(SECOND, Duration::from_millis(1)));
+            wait_for(&flags[w2_parking]);
+            flags[w1_go].store(true, Release);
+            time.advance(Duration::from_millis(1));
+            assert!(
+                w2.join().unwrap().is_none(),
+                "W2 gives up before the lease ends"
+            );
+            time.advance(SECOND);
+            let token = w1.join().unwrap();
+            assert!(!holder.is_valid());
+            token
+        })
+    });
+    assert_eq!(token.get(), 2);
 }
 
 #[test]

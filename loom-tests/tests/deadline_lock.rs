@@ -286,3 +286,30 @@ fn nested_accesses_of_lost_leases_never_deadlock() {
         core::mem::forget((b0, b1));
     });
 }
+
+/// Issue 7, the lost wake-up by ABA: W1 reads the holder's deadline (100 s) and sets PARKED; the
+/// holder renews to 10 s, clearing PARKED (W1 is not asleep to be woken); W2 sets PARKED again, so
+/// the state word is what W1 left; W2 gives up. Once the clock reaches 10 s, W1 must take over —
+/// not keep watching for 100 s because the state word looks unchanged. Under loom a parked waiter
+/// re-checks in a loop, so before the fix W1 spun forever in that interleaving. Bound 2 (three
+/// threads).
+#[test]
+fn a_waiter_sees_a_shortened_deadline_behind_an_unchanged_state_word() {
+    model(2, || {
+        let (lock, clock) = leaked_lock(());
+        let mut holder = lock.acquire(Duration::from_secs(100));
+        let w1 = thread::spawn(move || {
+            let lease = lock.acquire(TEN);
+            let token = lease.token().get();
+            core::mem::forget(lease);
+            token
+        });
+        holder.renew(TEN).unwrap();
+        // With no time to wait, W2 sets PARKED once and gives up (there is no parking under loom).
+        let w2 = thread::spawn(move || lock.acquire_timeout(TEN, Duration::ZERO).is_some());
+        assert!(!w2.join().unwrap(), "the lease runs until 10 s");
+        clock.advance(TEN);
+        assert_eq!(w1.join().unwrap(), 2);
+        core::mem::forget(holder);
+    });
+}
