@@ -290,6 +290,12 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
         self.wait(lease, Some(give_up))
     }
 
+    /// The lock's clock, read, in nanoseconds: the unit of every deadline.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        nanos(self.clock.now())
+    }
+
     /// `try_acquire` with the clock already read.
     #[inline]
     fn try_acquire_at(&self, now: u64, lease: Duration) -> Option<Lease<'_, T, C>> {
@@ -748,7 +754,11 @@ impl<T: ?Sized, C: Clock> Lease<'_, T, C> {
     /// Fails with [`LeaseLost`] and changes nothing if the lease has already ended or been taken
     /// over: a renewal never revives an ended lease, and never touches a newer one.
     pub fn renew(&mut self, lease: Duration) -> Result<(), LeaseLost> {
-        let now = nanos(self.lock.clock.now());
+        self.renew_at(self.lock.now(), lease)
+    }
+
+    /// `renew` with the clock already read: `now` is a reading of the lock's clock.
+    pub(crate) fn renew_at(&mut self, now: u64, lease: Duration) -> Result<(), LeaseLost> {
         if let Some(lost) = self.lock.lost(self.generation, self.deadline, now) {
             return Err(lost);
         }
