@@ -274,7 +274,7 @@ fn every_set_acquire_all_returns_is_running_and_ends_together() {
                 let _ = lease.with_mut(|n| *n += 1);
             }
             thread::yield_now(); // let the others come and wait
-            if round % 5 == 0 {
+            if round.is_multiple_of(5) {
                 clock.advance(STRESS_LEASE); // a stall: every lease held now ends
             }
         };
