@@ -5,8 +5,8 @@
 //! | [`MonotonicClock`] | in real time (`Instant`)     | production (the default); needs `std`   |
 //! | [`ManualClock`]    | only when `advance` is called | tests and loom models that drive time  |
 //!
-//! A lock reads its clock at most once per operation: on the real machine the read is the most
-//! expensive part of taking a lease.
+//! A lock reads its clock at most once per uncontended operation (a waiter reads it again at every
+//! look): on the real machine the read is the most expensive part of taking a lease.
 
 use core::time::Duration;
 

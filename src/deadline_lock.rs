@@ -22,7 +22,10 @@
 //!
 //! Accesses to the data take a third, separate byte (`access`) for the duration of the closure and
 //! check the lease *after* taking it: a lease that ends mid-access cannot make the next holder's
-//! access overlap it, because the next holder waits for the byte.
+//! access overlap it, because the next holder waits for the byte. An access that finds the byte
+//! busy looks at its lease while it waits (generation and clock) and gives up as soon as the lease
+//! is lost: a lost lease waits for nobody, so accesses nested across locks (A inside L0 opens L1, B
+//! inside L1 opens L0) cannot wait on each other for longer than a lease.
 
 use core::fmt;
 use core::mem::ManuallyDrop;
@@ -67,7 +70,9 @@ const LOOKS_BEFORE_PARKING: u32 = 0;
 ///   [`FencingToken`], strictly increasing per lock, from 1.
 /// - The data is reached only through the lease ([`Lease::with`], [`Lease::with_mut`]), which
 ///   refuses to start an access once the lease has ended or been taken over; two accesses never
-///   overlap, even when a lease ends in the middle of one (the next holder's access waits).
+///   overlap, even when a lease ends in the middle of one (the next holder's access waits). An
+///   access that waits for another to end gives up with [`LeaseLost`] as soon as its own lease
+///   ends or is taken over, without waiting any longer.
 /// - A stale lease's [`renew`](Lease::renew) and [`release`](Lease::release) fail with
 ///   [`LeaseLost`] and change nothing: they can never extend or end a newer lease.
 ///
@@ -285,6 +290,12 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
         self.wait(lease, Some(give_up))
     }
 
+    /// The lock's clock, read, in nanoseconds: the unit of every deadline.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        nanos(self.clock.now())
+    }
+
     /// `try_acquire` with the clock already read.
     #[inline]
     fn try_acquire_at(&self, now: u64, lease: Duration) -> Option<Lease<'_, T, C>> {
@@ -320,7 +331,7 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
             match self.take_over(state, now, lease, false) {
                 Ok(acquired) => return Some(acquired),
                 Err(Refused::Contended { current }) => state = current,
-                Err(Refused::Held { .. } | Refused::Exhausted) => return None,
+                Err(Refused::Held { .. } | Refused::Exhausted { .. }) => return None,
             }
         }
     }
@@ -368,7 +379,7 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
         } else if let Some(generation) = next_generation(state) {
             return Ok(self.issue(generation, state & PARKED, now, lease));
         } else {
-            Refused::Exhausted
+            Refused::Exhausted { deadline }
         };
         let unlocked = if parking { state | PARKED } else { state };
         // Relaxed: this thread wrote nothing to publish, and an RMW continues the release sequence
@@ -382,19 +393,21 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
     /// `give_up`.
     ///
     /// A parked waiter has read the deadline under LOCKED once; it then sleeps on that knowledge,
-    /// without touching the state word, for as long as the state word is unchanged and the clock
-    /// has not reached that deadline. A renewal that moves the deadline earlier wakes it.
+    /// without touching the state word, for as long as the state word *and the deadline word* are
+    /// unchanged and the clock has not reached that deadline. A renewal that moves the deadline
+    /// earlier wakes it. The state word alone is not enough: a renewal clears PARKED, and another
+    /// waiter may set it again before this one parks, so that the state word is back to what this
+    /// waiter left while the deadline it read is stale (and later than the real one).
     #[cold]
     #[cfg_attr(loom, allow(clippy::absurd_extreme_comparisons))]
     fn wait(&self, lease: Duration, give_up: Option<u64>) -> Option<Lease<'_, T, C>> {
         let mut attempt = 0_u32;
-        // The state word this waiter left (PARKED set), and the deadline it read under LOCKED.
-        let mut watching: Option<(u64, u64)> = None;
+        let mut watching: Option<Watch> = None;
         loop {
             let now = nanos(self.clock.now());
             let state = self.state.load(Relaxed);
             match watching {
-                Some((seen, deadline)) if state == seen && now < deadline => {}
+                Some(watch) if self.unchanged(&watch, state) && now < watch.until => {}
                 _ if state & (HELD | LOCKED) != HELD || attempt < LOOKS_BEFORE_PARKING => {
                     watching = None;
                     if let Some(acquired) = self.try_acquire_at(now, lease) {
@@ -403,8 +416,20 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
                 }
                 _ => match self.take_over(state, now, lease, true) {
                     Ok(acquired) => return Some(acquired),
-                    Err(Refused::Held { deadline }) => watching = Some((state | PARKED, deadline)),
-                    Err(Refused::Exhausted) => watching = Some((state | PARKED, u64::MAX)),
+                    Err(Refused::Held { deadline }) => {
+                        watching = Some(Watch {
+                            state: state | PARKED,
+                            deadline,
+                            until: deadline,
+                        });
+                    }
+                    Err(Refused::Exhausted { deadline }) => {
+                        watching = Some(Watch {
+                            state: state | PARKED,
+                            deadline,
+                            until: u64::MAX,
+                        });
+                    }
                     Err(Refused::Contended { .. }) => watching = None,
                 },
             }
@@ -414,13 +439,14 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
             match watching {
                 // PARKED is set: sleep until the deadline, unless a release or a renewal that
                 // moves the deadline earlier (which see PARKED) wakes us first.
-                Some((seen, deadline)) => {
-                    let until = give_up.map_or(deadline, |give_up| give_up.min(deadline));
+                Some(watch) => {
+                    let until = give_up.map_or(watch.until, |give_up| give_up.min(watch.until));
                     let ahead = Duration::from_nanos(until.saturating_sub(now));
+                    let sleep = self.clock.max_sleep(ahead);
                     let woken = primitive::park(
                         self.park_key(),
-                        || self.state.load(Relaxed) == seen,
-                        self.clock.max_sleep(ahead),
+                        || self.unchanged(&watch, self.state.load(Relaxed)),
+                        sleep,
                     );
                     if woken {
                         watching = None;
@@ -432,6 +458,21 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
                 }
             }
         }
+    }
+
+    /// Whether a waiter may go on sleeping on `watch`: the state word is `state` (read by the
+    /// caller) and equals the one the waiter left, and the deadline word is still the one it read.
+    ///
+    /// Relaxed, both: this is a hint outside `park`, and inside `park`'s validation (under the
+    /// park queue's lock) it is exact without ordering. The state word can only come back to
+    /// `watch.state` after PARKED was cleared by a renewal that moved the deadline earlier, and
+    /// that renewal writes the deadline and then calls `unpark_all`, which takes the same queue
+    /// lock: either it comes after this validation (and wakes this waiter, now queued), or it
+    /// happens-before it, and this load sees the new deadline. A release also clears PARKED, but
+    /// the generation never comes back.
+    #[inline]
+    fn unchanged(&self, watch: &Watch, state: u64) -> bool {
+        state == watch.state && self.deadline.load(Relaxed) == watch.deadline
     }
 
     /// Renews lease `generation`, which ended at `old` and which its holder found still running
@@ -523,7 +564,12 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
 
     /// Takes the access byte, then checks that lease `generation` (ending at `deadline`) still
     /// holds the lock: the check comes after taking the byte, so that an access of a newer lease
-    /// can only start after this one ends.
+    /// can only start after this one ends. Uncontended, that is one CAS and one clock read.
+    ///
+    /// While the byte is busy it also looks at the lease between tries, and gives up the moment
+    /// the lease has ended or been taken over: a lost lease never waits for anyone's access, so a
+    /// cycle of accesses nested across locks breaks once one of its leases is lost.
+    #[inline]
     fn begin_access(&self, generation: u64, deadline: u64) -> Result<Access<'_>, LeaseLost> {
         let mut attempt = 0_u32;
         // Acquire pairs with the Release store in `Access::drop`: the previous access, whoever
@@ -533,18 +579,33 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
             .compare_exchange(IDLE, ACCESSING, Acquire, Relaxed)
             .is_err()
         {
-            primitive::relax::<Backoff>(attempt);
-            attempt = attempt.saturating_add(1);
+            self.wait_for_access(generation, deadline, &mut attempt)?;
         }
         let access = Access(&self.access);
         let now = nanos(self.clock.now());
-        if self.state.load(Relaxed) >> GENERATION_SHIFT != generation {
-            return Err(taken_over(generation));
+        match self.lost(generation, deadline, now) {
+            Some(lost) => Err(lost),
+            None => Ok(access),
         }
-        if now >= deadline {
-            return Err(LeaseLost::Expired);
+    }
+
+    /// One wait for a busy access byte: fails if lease `generation` has been lost meanwhile (by
+    /// the state word's generation or by the clock), otherwise relaxes once.
+    #[cold]
+    fn wait_for_access(
+        &self,
+        generation: u64,
+        deadline: u64,
+        attempt: &mut u32,
+    ) -> Result<(), LeaseLost> {
+        // Relaxed (in `lost`): the look only decides to give up early, touching no data; a stale
+        // look costs one more try, and the check after taking the byte decides the access.
+        if let Some(lost) = self.lost(generation, deadline, nanos(self.clock.now())) {
+            return Err(lost);
         }
-        Ok(access)
+        primitive::relax::<Backoff>(*attempt);
+        *attempt = attempt.saturating_add(1);
+        Ok(())
     }
 
     /// Whether lease `generation`, ending at `deadline`, still holds the lock at `now`.
@@ -583,8 +644,18 @@ enum Refused {
     /// Another thread changed the state word first (it holds LOCKED, or released, or took over):
     /// `current` is what the state word holds now.
     Contended { current: u64 },
-    /// The lock has issued its last generation.
-    Exhausted,
+    /// The lease that ended at `deadline` was the lock's last generation: nobody may take over.
+    Exhausted { deadline: u64 },
+}
+
+/// What a parked waiter sleeps on: the state word it left (PARKED set) and the deadline word it
+/// read under LOCKED; it looks again once the clock reaches `until` (that deadline, or never when
+/// the lock is exhausted), or when either word changes.
+#[derive(Clone, Copy)]
+struct Watch {
+    state: u64,
+    deadline: u64,
+    until: u64,
 }
 
 /// The generation after the one in `state`; `None` once the last has been issued, so that tokens
@@ -683,7 +754,11 @@ impl<T: ?Sized, C: Clock> Lease<'_, T, C> {
     /// Fails with [`LeaseLost`] and changes nothing if the lease has already ended or been taken
     /// over: a renewal never revives an ended lease, and never touches a newer one.
     pub fn renew(&mut self, lease: Duration) -> Result<(), LeaseLost> {
-        let now = nanos(self.lock.clock.now());
+        self.renew_at(self.lock.now(), lease)
+    }
+
+    /// `renew` with the clock already read: `now` is a reading of the lock's clock.
+    pub(crate) fn renew_at(&mut self, now: u64, lease: Duration) -> Result<(), LeaseLost> {
         if let Some(lost) = self.lock.lost(self.generation, self.deadline, now) {
             return Err(lost);
         }
@@ -697,8 +772,14 @@ impl<T: ?Sized, C: Clock> Lease<'_, T, C> {
     /// nothing and returns [`LeaseLost`].
     ///
     /// The access excludes every other access to the data for as long as `read` runs — including
-    /// the next holder's, should this lease end meanwhile. Calling `with`/`with_mut` on the same
-    /// lock from inside `read` waits forever (like locking a mutex twice).
+    /// the next holder's, should this lease end meanwhile. While another access runs, this one
+    /// waits for it — unless this lease ends or is taken over meanwhile: then it returns
+    /// [`LeaseLost`] at once, without waiting for the other access to end. So accesses nested
+    /// across locks never wait on each other for longer than the shortest of their leases, and a
+    /// lease that was taken over is refused at once, even while the new holder's access runs.
+    /// Calling `with`/`with_mut` on the same lock from inside `read` waits until this lease ends
+    /// (like locking a mutex twice, but bounded by the lease), then returns
+    /// [`LeaseLost::Expired`].
     #[inline]
     pub fn with<R>(&self, read: impl FnOnce(&T) -> R) -> Result<R, LeaseLost> {
         let _access = self.lock.begin_access(self.generation, self.deadline)?;

@@ -10,7 +10,8 @@
 //!   in the caller's order; an array, a tuple of locks of different types, or a slice (a
 //!   [`LockSet`]). Naming a lock twice is refused with [`SameLock`] before anything is taken.
 //!   [`LockTable`] is a lock per key for keys not known up front, striped in fixed memory.
-//!   [`acquire_all`] does the same for [`DeadlineLock`] leases.
+//!   [`acquire_all`] does the same for [`DeadlineLock`] leases, and returns only a whole set:
+//!   every lease running, all ending at the same instant.
 //! - [`DeadlineLock`]: a lock whose holder gets a [`Lease`] that ends by itself, so a crashed
 //!   holder cannot block everyone forever. Every acquisition — a takeover of an ended lease
 //!   included — carries the next [`FencingToken`]; a [`Fenced`] resource refuses writes from a

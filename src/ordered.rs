@@ -296,10 +296,24 @@ pub fn lock_slice<'a, T: ?Sized, R: Relax>(
 /// as [`DeadlineLock::acquire`] does; returns the leases, each with its fencing token, in the
 /// caller's order. Naming one lock twice returns [`SameLock`] before anything is taken.
 ///
-/// The leases are taken one after another, so once the last is taken the earlier ones are renewed
-/// to `lease`: all of them end together, `lease` after the last acquisition. A lease that was lost
-/// while a later lock was awaited (it ran out and was taken over) cannot be renewed; it is returned
-/// as it is and reports [`LeaseLost`](crate::LeaseLost) on use — as any lease may, once returned.
+/// It returns only a whole set: once every lock is taken, it reads the clock of the lock taken
+/// last once and, by that one reading, checks that every lease still runs (not run out, not taken
+/// over) and renews each to end `lease` after it — so all the leases end at the same instant,
+/// and none was already ended or taken over when it was returned. (They are still leases: any of
+/// them may run out after it is returned, and report [`LeaseLost`](crate::LeaseLost) on use.)
+///
+/// A lease that ran out or was taken over while a later lock was awaited is taken again, with a
+/// new token: at once if its lock is free or its lease has ended (a [`DeadlineLock::try_acquire`]),
+/// otherwise by letting go of it and of every lock after it in the global order and taking those
+/// again, in order, so the set is never taken out of order and cannot deadlock. Then the set is
+/// checked again, by a new reading of the clock. So `lease` must be long enough to take the set
+/// in: if every pass over it takes longer than `lease`, `acquire_all` keeps retrying. The one
+/// exception is a zero `lease`, which ends as it starts: the leases are returned as they were
+/// taken, ended (as [`DeadlineLock::acquire`] returns them), without a check.
+///
+/// The locks are expected to share one clock (every [`MonotonicClock`](crate::MonotonicClock) is
+/// the same clock; share a [`ManualClock`](crate::ManualClock) through `&` or `Arc`): the set is
+/// judged and renewed by the clock of the lock taken last.
 ///
 /// ```
 /// use std::time::Duration;
@@ -317,14 +331,41 @@ pub fn acquire_all<'a, T: ?Sized, C: Clock, const N: usize>(
     lease: Duration,
 ) -> Result<[Lease<'a, T, C>; N], SameLock> {
     let order = LockOrder::by_key(&locks.map(DeadlineLock::order_key))?;
-    let Ok(mut leases) = order.take(|i| Ok::<_, Infallible>(locks[i].acquire(lease)));
-    if let Some((_last, earlier)) = order.0.split_last() {
-        for &position in earlier {
-            // A failure means this lease was lost meanwhile: it says so on use (see above).
-            let _ = leases[position].renew(lease);
+    let Ok(leases) = order.take(|i| Ok::<_, Infallible>(locks[i].acquire(lease)));
+    let (Some(&last), false) = (order.0.last(), lease.is_zero()) else {
+        // No lock, or a zero lease: ended as soon as taken, with nothing to check or renew.
+        return Ok(leases);
+    };
+    // Between passes every position holds a lease; during a retake, those being taken again are
+    // `None` for a moment.
+    let mut leases = leases.map(Some);
+    loop {
+        // One reading of one clock judges the whole set, and renews every lease from it.
+        let now = locks[last].now();
+        let lost = order.0.iter().position(|&i| {
+            leases[i]
+                .as_mut()
+                .is_none_or(|held| held.renew_at(now, lease).is_err())
+        });
+        let Some(first_lost) = lost else {
+            return Ok(leases.map(|held| held.expect("every position holds a lease")));
+        };
+        let position = order.0[first_lost];
+        // Taking it again without waiting holds no lock out of order. The lost lease is dropped
+        // when replaced: its release fails, or frees the lock, as for any lease.
+        if let Some(fresh) = locks[position].try_acquire(lease) {
+            leases[position] = Some(fresh);
+            continue;
+        }
+        // Waiting for it while holding later locks could deadlock: let go of it and of every
+        // later lock, then take them again in order.
+        for &i in order.0[first_lost..].iter().rev() {
+            leases[i] = None;
+        }
+        for &i in &order.0[first_lost..] {
+            leases[i] = Some(locks[i].acquire(lease));
         }
     }
-    Ok(leases)
 }
 
 impl<T: ?Sized, R, const N: usize> sealed::Sealed for [&SpinLock<T, R>; N] {}

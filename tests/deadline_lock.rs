@@ -4,14 +4,14 @@
 //! timing. Stress loops shrink under Miri.
 #![cfg(not(loom))]
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::*};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
 use fencelock::{
-    Clock, DeadlineLock, Fenced, FencingToken, LeaseLost, ManualClock, MonotonicClock, StaleToken,
-    Versioned,
+    acquire_all, Clock, DeadlineLock, Fenced, FencingToken, LeaseLost, ManualClock, MonotonicClock,
+    StaleToken, Versioned,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -22,6 +22,26 @@ const ROUNDS: u64 = if cfg!(miri) { 20 } else { 2_000 };
 fn manual_lock<T>(value: T) -> (DeadlineLock<T, Arc<ManualClock>>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new());
     (DeadlineLock::with_clock(value, Arc::clone(&clock)), clock)
+}
+
+/// Runs `scenario` on its own thread and fails the test if it has not finished after a minute of
+/// real time: a regression to a deadlock or a stale sleep fails instead of hanging the suite. The
+/// timeout only turns a hang into a failure; nothing waits for it to pass.
+fn watchdog<R: Send + 'static>(what: &str, scenario: impl FnOnce() -> R + Send + 'static) -> R {
+    let (done, finished) = mpsc::channel();
+    thread::spawn(move || done.send(scenario()).unwrap());
+    match finished.recv_timeout(Duration::from_secs(60)) {
+        Ok(result) => result,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: still running after 60 s"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
+    }
+}
+
+/// Spins (yielding) until `flag` is set: how the deterministic tests sequence their threads.
+fn wait_for(flag: &AtomicBool) {
+    while !flag.load(Acquire) {
+        thread::yield_now();
+    }
 }
 
 #[test]
@@ -293,6 +313,185 @@ fn takeovers_never_let_accesses_overlap() {
     });
     let (count, shadow) = lock.into_inner();
     assert_eq!((count, shadow), (admitted, admitted));
+}
+
+/// Issue 7, the access cycle: A holds leases on L0 and L1; inside its L0 access it stalls past
+/// both, then opens L1. B takes both over and, inside its L1 access, opens L0. A's inner access
+/// waits for B's L1 byte and B's for A's L0 byte: unless A, whose L1 lease was taken over, gives up
+/// while it waits, neither ever returns.
+#[test]
+fn nested_accesses_of_lost_leases_give_up_instead_of_deadlocking() {
+    let (a_inner, b_inner) = watchdog("the two-lock access cycle", || {
+        let clock = Arc::new(ManualClock::new());
+        let locks = [0, 1].map(|n| DeadlineLock::with_clock(n, Arc::clone(&clock)));
+        let (a_inside, b_inside) = (AtomicBool::new(false), AtomicBool::new(false));
+        let [mut a0, mut a1] = acquire_all([&locks[0], &locks[1]], SECOND).unwrap();
+        thread::scope(|s| {
+            let a = s.spawn(|| {
+                let inner = a0.with_mut(|n0| {
+                    *n0 += 1;
+                    a_inside.store(true, Release);
+                    wait_for(&b_inside); // the stall: B takes over meanwhile
+                    a1.with_mut(|n1| *n1 += 1)
+                });
+                inner.unwrap()
+            });
+            wait_for(&a_inside);
+            clock.advance(SECOND); // both of A's leases end
+            let [mut b0, mut b1] = acquire_all([&locks[0], &locks[1]], SECOND).unwrap();
+            let b_inner = b1
+                .with_mut(|n1| {
+                    *n1 += 10;
+                    b_inside.store(true, Release);
+                    b0.with_mut(|n0| *n0 += 10)
+                })
+                .unwrap();
+            let a_inner = a.join().unwrap();
+            assert_eq!((b0.with(|n| *n), b1.with(|n| *n)), (Ok(11), Ok(11)));
+            (a_inner, b_inner.map(|()| b1.token()))
+        })
+    });
+    let by = FencingToken::new(2);
+    assert_eq!(
+        (a_inner, b_inner),
+        (Err(LeaseLost::TakenOver { by }), Ok(by))
+    );
+}
+
+/// An access of a lease that was taken over returns at once, while the new holder's access still
+/// runs — not after it. The new holder waits for the stale access's answer inside its own access,
+/// so an access that waited for the byte would never return.
+#[test]
+fn a_taken_over_access_refuses_while_the_new_holder_accesses() {
+    let refused = watchdog("a taken-over access waiting for the byte", || {
+        let (lock, clock) = manual_lock(0_u32);
+        let mut stale = lock.acquire(SECOND);
+        clock.advance(SECOND);
+        let mut current = lock.try_acquire(SECOND).unwrap();
+        let (inside, answered) = (AtomicBool::new(false), AtomicBool::new(false));
+        thread::scope(|s| {
+            let holder = s.spawn(|| {
+                current.with_mut(|n| {
+                    inside.store(true, Release);
+                    wait_for(&answered);
+                    *n += 1;
+                })
+            });
+            wait_for(&inside);
+            let refused = stale.with_mut(|n| *n += 100);
+            answered.store(true, Release);
+            holder.join().unwrap().unwrap();
+            refused
+        })
+    });
+    assert_eq!(
+        refused,
+        Err(LeaseLost::TakenOver {
+            by: FencingToken::new(2)
+        })
+    );
+}
+
+/// A lease that runs out while it waits for the byte (held by an older, stalled access) gives up
+/// with `Expired` by the clock, without waiting for that access to end.
+#[test]
+fn an_access_that_runs_out_while_waiting_gives_up() {
+    let refused = watchdog("an expired access waiting for the byte", || {
+        let (lock, clock) = manual_lock(0_u32);
+        let mut stalled = lock.acquire(SECOND);
+        let (inside, answered) = (AtomicBool::new(false), AtomicBool::new(false));
+        thread::scope(|s| {
+            let staller = s.spawn(|| {
+                stalled.with_mut(|n| {
+                    inside.store(true, Release);
+                    wait_for(&answered);
+                    *n += 1;
+                })
+            });
+            wait_for(&inside);
+            clock.advance(SECOND);
+            let mut next = lock.try_acquire(SECOND).unwrap();
+            clock.advance(SECOND); // the next lease runs out too, and nobody takes it over
+            let refused = next.with_mut(|n| *n += 100);
+            answered.store(true, Release);
+            staller.join().unwrap().unwrap();
+            refused
+        })
+    });
+    assert_eq!(refused, Err(LeaseLost::Expired));
+}
+
+/// A `ManualClock` whose `max_sleep` — which a waiter calls just before it parks — runs `hook`.
+struct HookedClock<F> {
+    time: Arc<ManualClock>,
+    hook: F,
+}
+
+impl<F: Fn(Duration) -> Duration + Send + Sync> Clock for HookedClock<F> {
+    fn now(&self) -> Duration {
+        self.time.now()
+    }
+
+    fn max_sleep(&self, ahead: Duration) -> Duration {
+        (self.hook)(ahead)
+    }
+}
+
+/// Issue 7, the lost wake-up: waiter W1 reads the deadline (an hour) and sets PARKED; the holder
+/// renews to one second, clearing PARKED and waking nobody (W1 is not parked yet); waiter W2 sets
+/// PARKED again, so the state word is what W1 left; W2 gives up. W1 must not sleep on the hour:
+/// once the clock passes one second it takes over.
+///
+/// The clock's `max_sleep` hook holds W1 between reading the deadline and parking (its first
+/// call) and tells the test when W2 is about to park (its second); its first call asks for the
+/// whole hour of sleep, so a park validated on a stale deadline really sleeps it.
+#[test]
+fn a_waiter_never_sleeps_on_a_deadline_a_renewal_shortened() {
+    let token = watchdog("a waiter parked on a stale deadline", || {
+        let flags = Arc::new([(); 3].map(|()| AtomicBool::new(false)));
+        let [w1_holding, w2_parking, w1_go] = [0, 1, 2];
+        let calls = AtomicU32::new(0);
+        let time = Arc::new(ManualClock::new());
+        let hook = {
+            let flags = Arc::clone(&flags);
+            move |ahead: Duration| match calls.fetch_add(1, Relaxed) {
+                0 => {
+                    flags[w1_holding].store(true, Release);
+                    wait_for(&flags[w1_go]);
+                    ahead
+                }
+                1 => {
+                    flags[w2_parking].store(true, Release);
+                    ahead.min(Duration::from_millis(1))
+                }
+                _ => ahead.min(Duration::from_millis(1)),
+            }
+        };
+        let clock = HookedClock {
+            time: Arc::clone(&time),
+            hook,
+        };
+        let lock = DeadlineLock::with_clock((), clock);
+        let mut holder = lock.acquire(Duration::from_secs(3600));
+        thread::scope(|s| {
+            let w1 = s.spawn(|| lock.acquire(SECOND).token());
+            wait_for(&flags[w1_holding]);
+            holder.renew(SECOND).unwrap();
+            let w2 = s.spawn(|| lock.acquire_timeout(SECOND, Duration::from_millis(1)));
+            wait_for(&flags[w2_parking]);
+            flags[w1_go].store(true, Release);
+            time.advance(Duration::from_millis(1));
+            assert!(
+                w2.join().unwrap().is_none(),
+                "W2 gives up before the lease ends"
+            );
+            time.advance(SECOND);
+            let token = w1.join().unwrap();
+            assert!(!holder.is_valid());
+            token
+        })
+    });
+    assert_eq!(token.get(), 2);
 }
 
 #[test]

@@ -251,3 +251,65 @@ fn acquire_takes_over_once_the_clock_passes_the_deadline() {
         advancer.join().unwrap();
     });
 }
+
+/// Issue 7, the access cycle across two locks: A holds leases on L0 and L1 and, inside its L0
+/// access, opens L1; meanwhile the clock passes A's deadlines and B takes both locks over and,
+/// inside its L1 access, opens L0. Each may wait for the other's byte; A's leases are lost, so its
+/// inner access must give up while it waits, and then B's goes through. Before the fix, the
+/// interleaving where both wait spun forever (loom: "exceeded maximum number of branches").
+/// Bound 3 (two threads).
+#[test]
+fn nested_accesses_of_lost_leases_never_deadlock() {
+    model(3, || {
+        let clock = StdArc::new(ManualClock::new());
+        let locks: &'static [Lock<u32>; 2] = Box::leak(Box::new(
+            [0, 1].map(|n| DeadlineLock::with_clock(n, StdArc::clone(&clock))),
+        ));
+        let mut a0 = locks[0].try_acquire(TEN).unwrap();
+        let mut a1 = locks[1].try_acquire(TEN).unwrap();
+        let a = thread::spawn(move || {
+            let _ = a0.with_mut(|n0| {
+                *n0 += 1;
+                let _ = a1.with_mut(|n1| *n1 += 1);
+            });
+            core::mem::forget((a0, a1));
+        });
+        clock.advance(TEN);
+        let mut b1 = locks[1].try_acquire(TEN).unwrap();
+        let mut b0 = locks[0].try_acquire(TEN).unwrap();
+        let nested = b1.with_mut(|n1| {
+            *n1 += 10;
+            b0.with_mut(|n0| *n0 += 10)
+        });
+        assert_eq!(nested, Ok(Ok(())));
+        a.join().unwrap();
+        core::mem::forget((b0, b1));
+    });
+}
+
+/// Issue 7, the lost wake-up by ABA: W1 reads the holder's deadline (100 s) and sets PARKED; the
+/// holder renews to 10 s, clearing PARKED (W1 is not asleep to be woken); W2 sets PARKED again, so
+/// the state word is what W1 left; W2 gives up. Once the clock reaches 10 s, W1 must take over —
+/// not keep watching for 100 s because the state word looks unchanged. Under loom a parked waiter
+/// re-checks in a loop, so before the fix W1 spun forever in that interleaving. Bound 2 (three
+/// threads).
+#[test]
+fn a_waiter_sees_a_shortened_deadline_behind_an_unchanged_state_word() {
+    model(2, || {
+        let (lock, clock) = leaked_lock(());
+        let mut holder = lock.acquire(Duration::from_secs(100));
+        let w1 = thread::spawn(move || {
+            let lease = lock.acquire(TEN);
+            let token = lease.token().get();
+            core::mem::forget(lease);
+            token
+        });
+        holder.renew(TEN).unwrap();
+        // With no time to wait, W2 sets PARKED once and gives up (there is no parking under loom).
+        let w2 = thread::spawn(move || lock.acquire_timeout(TEN, Duration::ZERO).is_some());
+        assert!(!w2.join().unwrap(), "the lease runs until 10 s");
+        clock.advance(TEN);
+        assert_eq!(w1.join().unwrap(), 2);
+        core::mem::forget(holder);
+    });
+}
