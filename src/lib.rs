@@ -92,7 +92,7 @@ pub use crate::raw_spin_lock::RawSpinLock;
 #[cfg(feature = "std")]
 pub use crate::relax::Yield;
 pub use crate::relax::{Backoff, Relax, Spin};
-pub use crate::spin_lock::{SpinLock, SpinLockGuard};
+pub use crate::spin_lock::{MappedSpinLockGuard, SpinLock, SpinLockGuard};
 
 /// The README's examples, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]
