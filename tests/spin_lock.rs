@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread;
+#[cfg(feature = "std")]
 use std::time::{Duration, Instant};
 
 #[cfg(feature = "std")]
@@ -662,6 +663,7 @@ fn guards_are_not_send_by_default() {
     assert_not_impl!(Guard<u32>: Send);
     assert_not_impl!(Guard<u32, NotSendRelax>: Send);
     assert_not_impl!(Mapped<u32>: Send);
+    #[cfg(feature = "std")]
     assert_not_impl!(fencelock::KeyGuard<'static>: Send);
 }
 
@@ -673,6 +675,7 @@ fn guards_are_send_with_send_guard() {
     assert_send::<Guard<Cell<u8>>>();
     assert_send::<Guard<u32, NotSendRelax>>();
     assert_send::<Mapped<Cell<u8>>>();
+    #[cfg(feature = "std")]
     assert_send::<fencelock::KeyGuard<'static>>();
 }
 
@@ -682,8 +685,10 @@ fn guards_are_send_with_send_guard() {
 
 /// Long enough that a test never reaches it unless the lock is broken: results never depend on
 /// how fast the machine is.
+#[cfg(feature = "std")]
 const FOREVER: Duration = Duration::from_secs(60);
 
+#[cfg(feature = "std")]
 #[test]
 fn try_lock_for_takes_a_free_lock() {
     let lock = SpinLock::new(1);
@@ -695,6 +700,7 @@ fn try_lock_for_takes_a_free_lock() {
     assert_eq!(lock.into_inner(), 5);
 }
 
+#[cfg(feature = "std")]
 #[test]
 fn try_lock_for_gives_up_while_held() {
     let lock = SpinLock::with_relax(0, Spin);
@@ -714,6 +720,7 @@ fn try_lock_for_gives_up_while_held() {
     drop(held);
 }
 
+#[cfg(feature = "std")]
 #[test]
 fn try_lock_for_returns_after_its_timeout() {
     let lock = SpinLock::new(());
@@ -727,6 +734,7 @@ fn try_lock_for_returns_after_its_timeout() {
 
 /// A waiter in `try_lock_for` / `try_lock_until` gets the lock when the holder releases it, and
 /// sees what the holder wrote.
+#[cfg(feature = "std")]
 #[test]
 fn timed_waiter_gets_the_lock_when_released() {
     for until in [false, true] {
@@ -751,6 +759,7 @@ fn timed_waiter_gets_the_lock_when_released() {
     }
 }
 
+#[cfg(feature = "std")]
 #[test]
 fn timed_waits_are_mutually_exclusive() {
     let lock = SpinLock::new(0_usize);
@@ -787,6 +796,7 @@ fn timed_waits_are_mutually_exclusive() {
     assert_eq!(lock.into_inner(), taken);
 }
 
+#[cfg(feature = "std")]
 #[test]
 fn raw_timed_waits() {
     let raw: RawSpinLock<Spin> = RawSpinLock::new();
@@ -995,6 +1005,7 @@ fn bump_and_unlock_fair_under_contention() {
 
 /// The lock_api suite for one version of lock_api: `$api` is the crate, `$force_unlock` releases
 /// a leaked `$api::Mutex<RawSpinLock, u32>` (0.5 hands it a guard token, 0.4 does not).
+#[cfg(any(feature = "lock_api", feature = "lock_api_04"))]
 macro_rules! lock_api_suite {
     ($module:ident, $api:ident, force_unlock: |$m:ident| $force_unlock:expr) => {
         mod $module {
@@ -1075,6 +1086,7 @@ macro_rules! lock_api_suite {
                 assert!(!mutex.is_locked());
             }
 
+            #[cfg(feature = "std")]
             #[test]
             fn timed_lock() {
                 let mutex = ApiMutex::new(5_u32);
@@ -1089,6 +1101,7 @@ macro_rules! lock_api_suite {
                 assert_eq!(mutex.try_lock_until(Instant::now()).map(|g| *g), Some(5));
             }
 
+            #[cfg(feature = "std")]
             #[test]
             fn timed_waiter_gets_the_lock() {
                 let mutex = ApiMutex::new(0_u32);
