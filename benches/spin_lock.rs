@@ -8,21 +8,30 @@
 //! | group                       | threads | what it measures                                   |
 //! |-----------------------------|---------|----------------------------------------------------|
 //! | `uncontended`               | 1       | the round trip of the fast path (`b.iter`)         |
-//! | `contended_2_threads`       | 2       | hand-over between two threads (one per core here)  |
-//! | `oversubscribed_8_threads`  | 8       | more threads than cores: holders get preempted     |
+//! | `contended_2_threads`       | 2       | one hot lock: hand-over between two threads        |
+//! | `oversubscribed_8_threads`  | 8       | one hot lock, more threads than cores: holders get preempted |
+//! | `random_of_64_8_threads`    | 8       | 64 locks, each op on one picked at random: light contention |
+//! | `long_section_4_threads`    | 4       | one lock held ~100 ns per op ([`LONG_SECTION`]): waiters wait long |
+//! | `strict_turns_2_threads`    | 2       | two threads take turns (each op waits for the other's): hand-over latency |
 //!
-//! In the contended groups each sample spawns its threads, lines them up on a `Barrier`, and times
+//! In the threaded groups each sample spawns its threads, lines them up on a `Barrier`, and times
 //! from the first thread leaving the barrier to the last thread finishing, while each thread does
-//! `iters` ops on the shared counter: criterion's time is per round of one op per thread. The
-//! final count is checked, so a broken lock fails the bench instead of looking fast.
+//! `iters` ops: criterion's time is per round of one op per thread, and its throughput is ops per
+//! second. The final count is checked, so a broken lock fails the bench instead of looking fast.
 //!
-//! Before the first sample of each contended peer, one extra run outside criterion's timing
-//! measures fairness: every thread does [`FAIRNESS_OPS`] ops and notes when it finished, and the
-//! bench prints `first thread done / last thread done` to stderr (1.0: perfectly even).
+//! Before the first sample of each peer in the two hot-lock groups, one extra run outside
+//! criterion's timing measures fairness: every thread does [`FAIRNESS_OPS`] ops and notes when it
+//! finished, and the bench prints `first thread done / last thread done` to stderr (1.0:
+//! perfectly even).
+//!
+//! `benches/chart.py` turns the results (`target/criterion/*/*/new/`) into an SVG chart of each
+//! lock's throughput relative to parking_lot's, per group; criterion's own HTML report is in
+//! `target/criterion/report/index.html`.
 //!
 //! ```text
-//! cargo bench --bench spin_lock
+//! cargo bench --bench spin_lock                 # about 8 minutes
 //! cargo bench --bench spin_lock -- --warm-up-time 1 --measurement-time 2 oversubscribed
+//! python3 benches/chart.py                      # writes target/criterion/relative_to_parking_lot.svg
 //! ```
 
 use std::cell::UnsafeCell;
@@ -54,11 +63,19 @@ trait Peer: Sync + Sized {
     /// A new, unlocked counter at zero.
     fn new() -> Self;
 
+    /// Locks, runs `f` on the counter, unlocks.
+    fn with<O>(&self, f: impl FnOnce(&mut u64) -> O) -> O;
+
     /// One op: lock, increment, unlock.
-    fn increment(&self);
+    #[inline]
+    fn increment(&self) {
+        self.with(bump);
+    }
 
     /// The counter's value, once every thread is done.
-    fn count(&self) -> u64;
+    fn count(&self) -> u64 {
+        self.with(|count| *count)
+    }
 }
 
 /// The critical section: an increment the compiler cannot fold away.
@@ -86,16 +103,10 @@ macro_rules! peer {
             }
 
             #[inline]
-            fn increment(&self) {
+            fn with<O>(&self, f: impl FnOnce(&mut u64) -> O) -> O {
                 let $l = self;
                 let mut guard = $lock;
-                bump(&mut guard);
-            }
-
-            fn count(&self) -> u64 {
-                let $l = self;
-                let guard = $lock;
-                *guard
+                f(&mut guard)
             }
         }
     };
@@ -183,19 +194,12 @@ impl Peer for Floor {
     }
 
     #[inline]
-    fn increment(&self) {
+    fn with<O>(&self, f: impl FnOnce(&mut u64) -> O) -> O {
         self.take();
         // SAFETY: we hold the flag, so nobody else touches `count` until `give_back`.
-        bump(unsafe { &mut *self.count.get() });
+        let out = f(unsafe { &mut *self.count.get() });
         self.give_back();
-    }
-
-    fn count(&self) -> u64 {
-        self.take();
-        // SAFETY: we hold the flag, so nobody writes `count` until `give_back`.
-        let count = unsafe { *self.count.get() };
-        self.give_back();
-        count
+        out
     }
 }
 
@@ -207,23 +211,19 @@ struct Run {
     first_done: Duration,
 }
 
-/// `threads` threads each do `ops` ops on one shared `P`; checks the final count.
-fn run<P: Peer>(threads: usize, ops: u64) -> Run {
-    // Padded: alone on its cache lines, away from the barrier and the spawning thread's stack.
-    let lock = CachePadded::new(P::new());
+/// `threads` threads run `body(thread index)` at once, lined up on a barrier; times them.
+fn run_threads(threads: usize, body: impl Fn(usize) + Sync) -> Run {
     let start_line = Barrier::new(threads);
     // Each thread notes when it left the barrier and when it finished: the run starts when the
     // first one leaves, so the spawning thread's own scheduling does not count.
     let times: Vec<(Instant, Instant)> = thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
+            .map(|t| {
+                let (body, start_line) = (&body, &start_line);
+                s.spawn(move || {
                     start_line.wait();
                     let started = Instant::now();
-                    for _ in 0..ops {
-                        lock.increment();
-                        work_outside();
-                    }
+                    body(t);
                     (started, Instant::now())
                 })
             })
@@ -233,12 +233,6 @@ fn run<P: Peer>(threads: usize, ops: u64) -> Run {
             .map(|worker| worker.join().expect("a bench thread panicked"))
             .collect()
     });
-    assert_eq!(
-        lock.count(),
-        threads as u64 * ops,
-        "{}: ops were lost, the lock is broken",
-        P::NAME
-    );
     let start = times.iter().map(|&(started, _)| started).min();
     let done = |at: Instant| at.saturating_duration_since(start.unwrap_or(at));
     let finished = times.iter().map(|&(_, finished)| done(finished));
@@ -246,6 +240,98 @@ fn run<P: Peer>(threads: usize, ops: u64) -> Run {
         last_done: finished.clone().max().unwrap_or_default(),
         first_done: finished.min().unwrap_or_default(),
     }
+}
+
+/// Fails the bench if `count` ops did not all land: the lock is broken.
+fn check_count<P: Peer>(counted: u64, expected: u64) {
+    assert_eq!(
+        counted,
+        expected,
+        "{}: ops were lost, the lock is broken",
+        P::NAME
+    );
+}
+
+/// `threads` threads each do `ops` ops on one shared `P`; checks the final count.
+fn run<P: Peer>(threads: usize, ops: u64) -> Run {
+    // Padded: alone on its cache lines, away from the barrier and the spawning thread's stack.
+    let lock = CachePadded::new(P::new());
+    let run = run_threads(threads, |_| {
+        for _ in 0..ops {
+            lock.increment();
+            work_outside();
+        }
+    });
+    check_count::<P>(lock.count(), threads as u64 * ops);
+    run
+}
+
+/// Locks in the `random_of_64_8_threads` group.
+const RANDOM_LOCKS: usize = 64;
+
+/// `threads` threads each do `ops` ops, each on one of [`RANDOM_LOCKS`] locks picked at random
+/// (xorshift, seeded per thread): most ops find their lock free, some collide.
+fn run_random<P: Peer>(threads: usize, ops: u64) -> Duration {
+    let locks: Vec<CachePadded<P>> = (0..RANDOM_LOCKS)
+        .map(|_| CachePadded::new(P::new()))
+        .collect();
+    let run = run_threads(threads, |t| {
+        let mut seed = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..ops {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            locks[(seed % RANDOM_LOCKS as u64) as usize].increment();
+            work_outside();
+        }
+    });
+    check_count::<P>(locks.iter().map(|l| l.count()).sum(), threads as u64 * ops);
+    run.last_done
+}
+
+/// Iterations of a black-boxed loop inside the lock in `long_section_4_threads`: about 100 ns on
+/// the README's machine (one iteration measured 0.25 ns there, alone on a core).
+const LONG_SECTION: u32 = 400;
+
+/// `threads` threads each do `ops` ops whose critical section is [`LONG_SECTION`] long.
+fn run_long_section<P: Peer>(threads: usize, ops: u64) -> Duration {
+    let lock = CachePadded::new(P::new());
+    let run = run_threads(threads, |_| {
+        for _ in 0..ops {
+            lock.with(|count| {
+                for i in 0..LONG_SECTION {
+                    black_box(i);
+                }
+                bump(count);
+            });
+            work_outside();
+        }
+    });
+    check_count::<P>(lock.count(), threads as u64 * ops);
+    run.last_done
+}
+
+/// Two threads take strict turns: thread 0 counts on even values, thread 1 on odd ones, and a
+/// thread that finds it is not its turn lets go and tries again. Every op needs a hand-over.
+fn run_turns<P: Peer>(ops: u64) -> Duration {
+    let lock = CachePadded::new(P::new());
+    let run = run_threads(2, |me| {
+        let mut done = 0;
+        while done < ops {
+            let my_turn = lock.with(|count| {
+                let mine = *count % 2 == me as u64;
+                if mine {
+                    bump(count);
+                }
+                mine
+            });
+            if my_turn {
+                done += 1;
+            }
+        }
+    });
+    check_count::<P>(lock.count(), 2 * ops);
+    run.last_done
 }
 
 /// One untimed run of [`FAIRNESS_OPS`] ops per thread; prints how evenly the threads were served.
@@ -287,6 +373,22 @@ fn contended<P: Peer>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) 
     });
 }
 
+fn random<P: Peer>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) {
+    group.bench_function(P::NAME, |b| {
+        b.iter_custom(|iters| run_random::<P>(threads, iters))
+    });
+}
+
+fn long_section<P: Peer>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) {
+    group.bench_function(P::NAME, |b| {
+        b.iter_custom(|iters| run_long_section::<P>(threads, iters))
+    });
+}
+
+fn turns<P: Peer>(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group.bench_function(P::NAME, |b| b.iter_custom(|iters| run_turns::<P>(iters)));
+}
+
 /// Runs `$bench::<Peer>(group $(, arg)*)` for every peer.
 macro_rules! every_peer {
     ($bench:ident($group:expr $(, $arg:expr)*)) => {
@@ -324,14 +426,46 @@ fn bench_8_threads(c: &mut Criterion) {
     bench_contended(c, "oversubscribed_8_threads", 8);
 }
 
+/// A threaded group: `threads` ops per criterion iteration, `bench` run for every peer.
+fn threaded_group(
+    c: &mut Criterion,
+    name: &str,
+    threads: usize,
+    bench: impl FnOnce(&mut BenchmarkGroup<'_, WallTime>),
+) {
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(threads as u64));
+    bench(&mut group);
+    group.finish();
+}
+
+fn bench_random_64(c: &mut Criterion) {
+    threaded_group(c, "random_of_64_8_threads", 8, |g| {
+        every_peer!(random(g, 8));
+    });
+}
+
+fn bench_long_section(c: &mut Criterion) {
+    threaded_group(c, "long_section_4_threads", 4, |g| {
+        every_peer!(long_section(g, 4));
+    });
+}
+
+fn bench_turns(c: &mut Criterion) {
+    threaded_group(c, "strict_turns_2_threads", 2, |g| {
+        every_peer!(turns(g));
+    });
+}
+
 criterion_group! {
     name = benches;
-    // About 3 to 5 minutes for the whole run. Set here, not on the groups, so that
+    // About 8 minutes for the whole run. Set here, not on the groups, so that
     // `--warm-up-time` / `--measurement-time` on the command line still override it.
     config = Criterion::default()
         .sample_size(25)
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(4));
-    targets = bench_uncontended, bench_2_threads, bench_8_threads
+    targets = bench_uncontended, bench_2_threads, bench_8_threads, bench_random_64,
+        bench_long_section, bench_turns
 }
 criterion_main!(benches);

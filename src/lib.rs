@@ -3,8 +3,9 @@
 //!
 //! - [`SpinLock`]: an exclusive lock from compare-and-swap — test-and-test-and-set on one byte,
 //!   a fenced (`Release`) unlock, and a waiting strategy chosen at the type: [`Spin`], [`Yield`]
-//!   or [`Backoff`] (the default). [`RawSpinLock`] is its protocol alone, and implements
-//!   `lock_api::RawMutex`.
+//!   or [`Backoff`] (the default). [`SpinLock::try_lock_for`] gives up at a deadline; guards
+//!   narrow with [`SpinLockGuard::map`] (a [`MappedSpinLockGuard`]). [`RawSpinLock`] is its
+//!   protocol alone, and implements lock_api's `RawMutex`, `RawMutexFair` and `RawMutexTimed`.
 //! - [`lock_all`], [`try_lock_all`], [`lock_slice`]: several locks at once, without deadlock —
 //!   every thread takes them in one global order (each lock's address), and the guards come back
 //!   in the caller's order; an array, a tuple of locks of different types, or a slice (a
@@ -58,7 +59,16 @@
 //! - `std` (default): [`Yield`], and [`Backoff`] yielding once spinning stops paying;
 //!   [`DeadlineLock`] and [`MonotonicClock`] (waiting parks through `parking_lot_core`). Without
 //!   it the crate is `no_std` and waits by spinning only.
-//! - `lock_api` (default): `RawSpinLock` implements `lock_api::RawMutex`.
+//!   [`SpinLock::try_lock_for`] / [`try_lock_until`](SpinLock::try_lock_until) and lock_api's
+//!   `RawMutexTimed` need it too.
+//! - `lock_api` (default): `RawSpinLock` implements lock_api 0.5's `RawMutex`, `RawMutexFair` and
+//!   (with `std`) `RawMutexTimed`, so `lock_api::Mutex<RawSpinLock, T>` works.
+//! - `lock_api_04` (off): the same three traits of lock_api 0.4, for
+//!   `lock_api_04::Mutex<RawSpinLock, T>` (the dependency is lock_api 0.4 renamed `lock_api_04`).
+//! - `send_guard` (off): [`SpinLockGuard`], [`MappedSpinLockGuard`], `KeyGuard` and the lock_api
+//!   guards over `RawSpinLock` become `Send` (for `T: Send`), so a lock may be released on another
+//!   thread. Off, they are `!Send` as std's and parking_lot's are; see [`SpinLockGuard`] for why
+//!   that is the right default in async code.
 //! - `lockdep` (off; implies `std`): each thread records the `SpinLock`s it holds, and a `lock()`
 //!   against the global lock order panics naming both call sites, so an ABBA deadlock shows in a
 //!   test the first time either order runs. Costs nothing when off.
@@ -93,7 +103,7 @@ pub use crate::raw_spin_lock::RawSpinLock;
 #[cfg(feature = "std")]
 pub use crate::relax::Yield;
 pub use crate::relax::{Backoff, Relax, Spin};
-pub use crate::spin_lock::{SpinLock, SpinLockGuard};
+pub use crate::spin_lock::{MappedSpinLockGuard, SpinLock, SpinLockGuard};
 
 /// The README's examples, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]

@@ -255,7 +255,8 @@ impl<K: ?Sized, S, R> fmt::Debug for LockTable<K, S, R> {
 
 /// Proof that a key of a [`LockTable`] is held; dropping it releases the key.
 ///
-/// `Send`: it may be dropped on another thread.
+/// `!Send`, like [`SpinLockGuard`]: with the `send_guard` feature it is `Send`, and may be dropped
+/// on another thread.
 #[must_use = "if unused the key is released at once"]
 pub struct KeyGuard<'a, R = Backoff> {
     stripe: Holding<'a, R>,

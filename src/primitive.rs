@@ -11,6 +11,10 @@
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
+/// Loom needs `std`, so `alloc` is there too (for [`Access`]), even when `std` is off.
+#[cfg(loom)]
+extern crate alloc;
+
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -130,6 +134,120 @@ pub(crate) fn unpark_all(key: usize) {
     let _ = key;
 }
 
+/// The end of a timed wait (`try_lock_for`, `try_lock_until`), built only once the wait has begun
+/// (the uncontended path never reads the clock) and asked once per look at the lock.
+///
+/// On the real machine it is an `Instant`: `None` when `now + timeout` does not fit in one, and
+/// such a wait never ends by itself, as in parking_lot.
+#[cfg(all(feature = "std", not(loom)))]
+pub(crate) struct Deadline(Option<std::time::Instant>);
+
+#[cfg(all(feature = "std", not(loom)))]
+impl Deadline {
+    /// Ends at `instant`.
+    #[inline]
+    pub(crate) fn at(instant: std::time::Instant) -> Self {
+        Self(Some(instant))
+    }
+
+    /// Ends `timeout` from now: the one clock read that starts a wait.
+    #[inline]
+    pub(crate) fn after(timeout: core::time::Duration) -> Self {
+        Self(std::time::Instant::now().checked_add(timeout))
+    }
+
+    /// Whether the deadline has passed: one clock read.
+    #[inline]
+    pub(crate) fn passed(&mut self) -> bool {
+        self.0.is_some_and(|end| std::time::Instant::now() >= end)
+    }
+}
+
+/// Under loom there is no clock: a timed wait that may wait at all looks at the lock
+/// [`LOOM_TIMED_LOOKS`] times and then gives up, so models explore both a wait that succeeds and
+/// one that times out, and every path stays finite. A zero timeout (or a deadline already past)
+/// gives up at the first look, as on the real machine.
+#[cfg(all(feature = "std", loom))]
+pub(crate) struct Deadline {
+    looks_left: u32,
+}
+
+/// Looks a timed wait makes under loom before it gives up.
+#[cfg(all(feature = "std", loom))]
+const LOOM_TIMED_LOOKS: u32 = 2;
+
+#[cfg(all(feature = "std", loom))]
+impl Deadline {
+    pub(crate) fn at(instant: std::time::Instant) -> Self {
+        let past = instant <= std::time::Instant::now();
+        Self {
+            looks_left: if past { 0 } else { LOOM_TIMED_LOOKS },
+        }
+    }
+
+    pub(crate) fn after(timeout: core::time::Duration) -> Self {
+        Self {
+            looks_left: if timeout.is_zero() {
+                0
+            } else {
+                LOOM_TIMED_LOOKS
+            },
+        }
+    }
+
+    pub(crate) fn passed(&mut self) -> bool {
+        match self.looks_left.checked_sub(1) {
+            Some(left) => {
+                self.looks_left = left;
+                false
+            }
+            None => true,
+        }
+    }
+}
+
+/// Ends an access before its owner goes: under loom, loom stops tracking it; on the real machine
+/// there is nothing to end.
+#[inline]
+#[cfg_attr(not(loom), allow(clippy::drop_non_drop))]
+pub(crate) fn end_access<T: ?Sized>(access: MutPtr<T>) {
+    drop(access);
+}
+
+/// The tracked access of a guard whose data type has been mapped away (`SpinLockGuard::map`):
+/// under loom it keeps loom's `MutPtr` to the whole cell alive, type-erased, so the critical
+/// section still ends only when the mapped guard drops; on the real machine it is nothing.
+#[cfg(loom)]
+pub(crate) struct Access<'a>(#[allow(dead_code)] alloc::boxed::Box<dyn Erased + 'a>);
+
+#[cfg(loom)]
+trait Erased {}
+
+#[cfg(loom)]
+impl<T: ?Sized> Erased for MutPtr<T> {}
+
+#[cfg(loom)]
+impl<'a> Access<'a> {
+    /// Keeps `access` alive until this value drops.
+    #[inline]
+    pub(crate) fn new<T: ?Sized + 'a>(access: MutPtr<T>) -> Self {
+        Self(alloc::boxed::Box::new(access))
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) struct Access<'a>(core::marker::PhantomData<&'a ()>);
+
+#[cfg(not(loom))]
+impl Access<'_> {
+    /// Nothing to keep: the real machine tracks no accesses.
+    #[inline]
+    pub(crate) fn new<T: ?Sized>(access: MutPtr<T>) -> Self {
+        let _ = access;
+        Self(core::marker::PhantomData)
+    }
+}
+
 /// Declares a `const fn` that stays `const` on the real machine and is a plain `fn` under loom,
 /// whose atomics cannot be built in a const context.
 macro_rules! const_fn_unless_loom {
@@ -174,6 +292,13 @@ mod cell {
         #[inline]
         pub(crate) fn with<F: FnOnce(*const T) -> U, U>(&self, f: F) -> U {
             f(self.0.get())
+        }
+
+        /// The pointer to the contents, untracked (loom's cell has no such method, so callers are
+        /// `cfg(not(loom))`).
+        #[inline]
+        pub(crate) const fn get(&self) -> *mut T {
+            self.0.get()
         }
 
         /// A pointer for an access that lasts as long as the returned value.

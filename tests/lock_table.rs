@@ -108,6 +108,8 @@ fn a_key_named_twice_is_refused_before_anything_is_locked() {
     }
 }
 
+/// Only with `send_guard`: by default key guards are `!Send`, like every guard of the crate.
+#[cfg(feature = "send_guard")]
 #[test]
 fn key_guards_may_be_released_on_another_thread() {
     let table: LockTable<u64> = LockTable::with_stripes(1);

@@ -19,10 +19,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread;
+#[cfg(feature = "std")]
+use std::time::{Duration, Instant};
 
 #[cfg(feature = "std")]
 use fencelock::Yield;
-use fencelock::{Backoff, RawSpinLock, Relax, Spin, SpinLock, SpinLockGuard};
+use fencelock::{Backoff, MappedSpinLockGuard, RawSpinLock, Relax, Spin, SpinLock, SpinLockGuard};
 
 /// Threads in the stress tests: more than the 2 cores of the machine, so holders get preempted
 /// and waiters really wait.
@@ -430,6 +432,7 @@ fn nested_arc_of_locks() {
     assert_eq!(*outer.lock().lock(), 2);
 }
 
+#[cfg(feature = "send_guard")]
 #[test]
 fn guard_moved_to_another_thread_releases_there() {
     let lock = SpinLock::new(0);
@@ -614,11 +617,12 @@ macro_rules! assert_not_impl {
         }
         impl<T: ?Sized> AmbiguousIfImpl<()> for T {}
         impl<T: ?Sized + $trait> AmbiguousIfImpl<u8> for T {}
-        let _ = <$t as AmbiguousIfImpl<_>>::some_item;
+        <$t as AmbiguousIfImpl<_>>::some_item();
     }};
 }
 
 type Guard<T, R = Backoff> = SpinLockGuard<'static, T, R>;
+type Mapped<T, R = Backoff> = MappedSpinLockGuard<'static, T, R>;
 
 #[test]
 fn send_and_sync_as_std_mutex() {
@@ -638,97 +642,531 @@ fn send_and_sync_as_std_mutex() {
     assert_sync::<SpinLock<u32, NotSendRelax>>();
     assert_send::<RawSpinLock<NotSendRelax>>();
     assert_sync::<RawSpinLock<NotSendRelax>>();
-    assert_send::<Guard<u32, NotSendRelax>>();
     assert_sync::<Guard<u32, NotSendRelax>>();
+    assert_sync::<Mapped<u32, NotSendRelax>>();
 
-    // The guard: Sync iff T: Sync (it hands out &T to whoever shares it).
+    // The guards: Sync iff T: Sync (they hand out &T to whoever shares them).
     assert_sync::<Guard<u32>>();
     assert_sync::<Guard<Vec<u8>>>();
+    assert_sync::<Mapped<[u8]>>();
     assert_not_impl!(Guard<Cell<u8>>: Sync);
     assert_not_impl!(Guard<Rc<u8>>: Sync);
-    // ... and Send iff T: Send (the lock may be released from any thread; lock_api's GuardSend).
-    assert_send::<Guard<Cell<u8>>>();
+    assert_not_impl!(Mapped<Cell<u8>>: Sync);
     assert_not_impl!(Guard<Rc<u8>>: Send);
+    assert_not_impl!(Mapped<Rc<u8>>: Send);
+}
+
+/// Without `send_guard` the guards stay on their thread, as std's and parking_lot's.
+#[cfg(not(feature = "send_guard"))]
+#[test]
+fn guards_are_not_send_by_default() {
+    assert_not_impl!(Guard<u32>: Send);
+    assert_not_impl!(Guard<u32, NotSendRelax>: Send);
+    assert_not_impl!(Mapped<u32>: Send);
+    #[cfg(feature = "std")]
+    assert_not_impl!(fencelock::KeyGuard<'static>: Send);
+}
+
+/// With `send_guard` they are Send iff T: Send (the lock may be released from any thread).
+#[cfg(feature = "send_guard")]
+#[test]
+fn guards_are_send_with_send_guard() {
+    assert_send::<Guard<u32>>();
+    assert_send::<Guard<Cell<u8>>>();
+    assert_send::<Guard<u32, NotSendRelax>>();
+    assert_send::<Mapped<Cell<u8>>>();
+    #[cfg(feature = "std")]
+    assert_send::<fencelock::KeyGuard<'static>>();
 }
 
 // ---------------------------------------------------------------------------------------------
-// lock_api interop
+// Timed waits
 // ---------------------------------------------------------------------------------------------
 
-#[cfg(feature = "lock_api")]
-mod lock_api_interop {
-    use super::*;
+/// Long enough that a test never reaches it unless the lock is broken: results never depend on
+/// how fast the machine is.
+#[cfg(feature = "std")]
+const FOREVER: Duration = Duration::from_secs(60);
 
-    type ApiMutex<T> = lock_api::Mutex<RawSpinLock, T>;
-    type ApiSpinMutex<T> = lock_api::Mutex<RawSpinLock<Spin>, T>;
+#[cfg(feature = "std")]
+#[test]
+fn try_lock_for_takes_a_free_lock() {
+    let lock = SpinLock::new(1);
+    *lock.try_lock_for(Duration::ZERO).expect("free") += 1;
+    *lock.try_lock_for(FOREVER).expect("free") += 1;
+    *lock.try_lock_for(Duration::MAX).expect("free") += 1;
+    *lock.try_lock_until(Instant::now()).expect("free") += 1;
+    assert!(!lock.is_locked());
+    assert_eq!(lock.into_inner(), 5);
+}
 
-    static API_STATIC: ApiMutex<u32> = lock_api::Mutex::new(0);
+#[cfg(feature = "std")]
+#[test]
+fn try_lock_for_gives_up_while_held() {
+    let lock = SpinLock::with_relax(0, Spin);
+    let held = lock.lock();
+    assert!(lock.try_lock_for(Duration::ZERO).is_none());
+    assert!(lock.try_lock_for(Duration::from_micros(200)).is_none());
+    assert!(lock.try_lock_until(Instant::now()).is_none());
+    let past = Instant::now().checked_sub(Duration::from_secs(1));
+    assert!(past.is_none_or(|past| lock.try_lock_until(past).is_none()));
+    thread::scope(|s| {
+        s.spawn(|| assert!(lock.try_lock_for(Duration::from_micros(200)).is_none()));
+    });
+    assert!(
+        lock.is_locked(),
+        "a failed timed wait must not release the lock"
+    );
+    drop(held);
+}
 
-    #[test]
-    fn lock_api_mutex_across_threads() {
-        let mutex = Arc::new(ApiMutex::new(0_usize));
-        let barrier = Arc::new(Barrier::new(THREADS));
+#[cfg(feature = "std")]
+#[test]
+fn try_lock_for_returns_after_its_timeout() {
+    let lock = SpinLock::new(());
+    let _held = lock.lock();
+    let timeout = Duration::from_millis(2);
+    let started = Instant::now();
+    assert!(lock.try_lock_for(timeout).is_none());
+    // A lower bound only: the wait never ends early (how late it ends is not asserted).
+    assert!(started.elapsed() >= timeout);
+}
+
+/// A waiter in `try_lock_for` / `try_lock_until` gets the lock when the holder releases it, and
+/// sees what the holder wrote.
+#[cfg(feature = "std")]
+#[test]
+fn timed_waiter_gets_the_lock_when_released() {
+    for until in [false, true] {
+        let lock = SpinLock::new(0);
+        let (to_holder, waiting) = mpsc::channel();
+        let mut guard = lock.lock();
+        let lock = &lock;
+        thread::scope(|s| {
+            s.spawn(move || {
+                to_holder.send(()).unwrap();
+                let got = if until {
+                    lock.try_lock_until(Instant::now() + FOREVER)
+                } else {
+                    lock.try_lock_for(Duration::MAX)
+                };
+                assert_eq!(got.map(|g| *g), Some(42));
+            });
+            waiting.recv().unwrap();
+            *guard = 42;
+            drop(guard);
+        });
+    }
+}
+
+#[cfg(feature = "std")]
+#[test]
+fn timed_waits_are_mutually_exclusive() {
+    let lock = SpinLock::new(0_usize);
+    let holders = AtomicUsize::new(0);
+    let barrier = Barrier::new(THREADS);
+    let taken: usize = thread::scope(|s| {
         let workers: Vec<_> = (0..THREADS)
-            .map(|_| {
-                let mutex = Arc::clone(&mutex);
-                let barrier = Arc::clone(&barrier);
-                thread::spawn(move || {
+            .map(|t| {
+                let (lock, holders, barrier) = (&lock, &holders, &barrier);
+                s.spawn(move || {
                     barrier.wait();
-                    for _ in 0..ITERS {
-                        *mutex.lock() += 1;
+                    let mut won = 0;
+                    for i in 0..ITERS {
+                        // Half wait "forever", half only a moment and may give up.
+                        let timeout = if (t + i) % 2 == 0 {
+                            FOREVER
+                        } else {
+                            Duration::from_nanos(50)
+                        };
+                        if let Some(mut guard) = lock.try_lock_for(timeout) {
+                            assert_eq!(holders.fetch_add(1, Relaxed), 0, "two holders at once");
+                            *guard += 1;
+                            holders.fetch_sub(1, Relaxed);
+                            won += 1;
+                        }
                     }
+                    won
                 })
             })
             .collect();
-        for worker in workers {
-            worker.join().unwrap();
-        }
-        assert!(!mutex.is_locked());
-        assert_eq!(*mutex.lock(), THREADS * ITERS);
-    }
-
-    #[test]
-    fn lock_api_mutex_try_lock() {
-        let mutex = ApiSpinMutex::new(String::from("GOOG"));
-        let guard = mutex.lock();
-        assert!(mutex.is_locked());
-        assert!(mutex.try_lock().is_none());
-        thread::scope(|s| {
-            s.spawn(|| assert!(mutex.try_lock().is_none()));
-        });
-        drop(guard);
-        assert!(!mutex.is_locked());
-        mutex.try_lock().expect("free").push('L');
-        assert_eq!(mutex.into_inner(), "GOOGL");
-    }
-
-    #[test]
-    fn lock_api_static_leak_and_force_unlock() {
-        *API_STATIC.lock() += 1;
-        let leaked: &mut u32 = lock_api::MutexGuard::leak(API_STATIC.lock());
-        *leaked += 1;
-        assert!(API_STATIC.is_locked());
-        assert!(API_STATIC.try_lock().is_none());
-        // SAFETY: the leaked guard holds the lock, its reference is not used again, and
-        // `RawSpinLock`'s guard is a stateless `GuardSend`; nobody else touches API_STATIC.
-        unsafe { API_STATIC.force_unlock(lock_api::GuardSend::new()) };
-        assert!(!API_STATIC.is_locked());
-        assert_eq!(*API_STATIC.lock(), 2);
-    }
-
-    #[test]
-    fn lock_api_guard_unlocked_and_map() {
-        let mutex = ApiMutex::new((1_u32, 2_u32));
-        let mut guard = mutex.lock();
-        guard.0 = 10;
-        lock_api::MutexGuard::unlocked(&mut guard, || {
-            assert!(!mutex.is_locked());
-            *mutex.try_lock().expect("unlocked inside the closure") = (20, 30);
-        });
-        assert!(mutex.is_locked());
-        let second = lock_api::MutexGuard::map(guard, |pair| &mut pair.1);
-        assert_eq!(*second, 30);
-        drop(second);
-        assert!(!mutex.is_locked());
-    }
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert!(taken >= THREADS * ITERS / 2);
+    assert_eq!(lock.into_inner(), taken);
 }
+
+#[cfg(feature = "std")]
+#[test]
+fn raw_timed_waits() {
+    let raw: RawSpinLock<Spin> = RawSpinLock::new();
+    assert!(raw.try_lock_for(Duration::ZERO));
+    assert!(!raw.try_lock_for(Duration::from_micros(100)));
+    assert!(!raw.try_lock_until(Instant::now() + Duration::from_micros(100)));
+    // SAFETY: taken above by this thread.
+    unsafe { raw.unlock() };
+    assert!(raw.try_lock_until(Instant::now()));
+    // SAFETY: taken just above.
+    unsafe { raw.unlock() };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guards: map, try_map, leak, force_unlock, data_ptr
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Account {
+    cash: i64,
+    units: Vec<u32>,
+}
+
+fn account() -> SpinLock<Account> {
+    SpinLock::new(Account {
+        cash: 100,
+        units: vec![1, 2, 3],
+    })
+}
+
+#[test]
+fn map_narrows_and_keeps_the_lock_held() {
+    let lock = account();
+    let mut cash = SpinLockGuard::map(lock.lock(), |a| &mut a.cash);
+    *cash -= 40;
+    assert!(lock.is_locked());
+    assert!(lock.try_lock().is_none());
+    assert_eq!(format!("{cash:?} {cash}"), "60 60");
+    drop(cash);
+    assert!(!lock.is_locked());
+    assert_eq!(lock.lock().cash, 60);
+}
+
+#[test]
+fn map_to_unsized_and_map_again() {
+    let lock = account();
+    let units: MappedSpinLockGuard<'_, [u32]> =
+        SpinLockGuard::map(lock.lock(), |a| a.units.as_mut_slice());
+    let mut last = MappedSpinLockGuard::map(units, |u| u.last_mut().unwrap());
+    *last = 30;
+    assert!(lock.is_locked());
+    drop(last);
+    assert!(!lock.is_locked());
+    assert_eq!(lock.lock().units, [1, 2, 30]);
+}
+
+#[test]
+fn try_map_gives_the_guard_back_on_none() {
+    let lock = account();
+    let guard = SpinLockGuard::try_map(lock.lock(), |a| a.units.get_mut(7)).unwrap_err();
+    assert!(lock.is_locked(), "the returned guard still holds the lock");
+    let mut first = SpinLockGuard::try_map(guard, |a| a.units.first_mut()).expect("present");
+    *first = 10;
+    let units = MappedSpinLockGuard::try_map(first, |_| None::<&mut u8>).unwrap_err();
+    assert_eq!(*units, 10);
+    let twice = MappedSpinLockGuard::try_map(units, |u| Some(u)).unwrap();
+    drop(twice);
+    assert!(!lock.is_locked());
+    assert_eq!(lock.lock().units, [10, 2, 3]);
+}
+
+#[test]
+fn panic_in_map_closure_releases_the_lock() {
+    let lock = account();
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        SpinLockGuard::map(lock.lock(), |_: &mut Account| -> &mut i64 { quiet_panic() })
+    }));
+    assert!(result.is_err());
+    assert!(!lock.is_locked());
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        let cash = SpinLockGuard::map(lock.lock(), |a| &mut a.cash);
+        MappedSpinLockGuard::map(cash, |_| -> &mut u8 { quiet_panic() })
+    }));
+    assert!(result.is_err());
+    assert!(!lock.is_locked());
+}
+
+#[test]
+fn mapped_guards_under_contention() {
+    let lock = SpinLock::new((0_usize, 0_usize));
+    thread::scope(|s| {
+        for t in 0..THREADS {
+            let lock = &lock;
+            s.spawn(move || {
+                for _ in 0..ITERS {
+                    if t % 2 == 0 {
+                        *SpinLockGuard::map(lock.lock(), |p| &mut p.0) += 1;
+                    } else {
+                        let pair = SpinLockGuard::try_map(lock.lock(), |p| Some(p)).unwrap();
+                        *MappedSpinLockGuard::map(pair, |p| &mut p.1) += 1;
+                    }
+                }
+            });
+        }
+    });
+    let (evens, odds) = lock.into_inner();
+    assert_eq!(evens + odds, THREADS * ITERS);
+}
+
+#[test]
+fn leak_keeps_the_lock_until_force_unlock() {
+    let lock = SpinLock::new(vec![1]);
+    let data: &mut Vec<i32> = SpinLockGuard::leak(lock.lock());
+    data.push(2);
+    assert!(lock.is_locked());
+    assert!(lock.try_lock().is_none());
+    // SAFETY: the leaked guard holds the lock and `data` is not used again.
+    unsafe { lock.force_unlock() };
+    assert!(!lock.is_locked());
+    assert_eq!(*lock.lock(), [1, 2]);
+}
+
+#[test]
+fn force_unlock_after_forget() {
+    let lock = SpinLock::new(3);
+    std::mem::forget(lock.lock());
+    assert!(lock.is_locked());
+    // SAFETY: the forgotten guard held the lock; nothing uses its data.
+    unsafe { lock.force_unlock() };
+    assert_eq!(*lock.try_lock().expect("released by force_unlock"), 3);
+}
+
+#[test]
+fn data_ptr_points_at_the_data() {
+    let lock = SpinLock::new(7_u64);
+    let ptr = lock.data_ptr();
+    {
+        let mut guard = lock.lock();
+        assert_eq!(ptr, &mut *guard as *mut u64);
+        // SAFETY: the lock is held, and the write ends before the guard is used again.
+        unsafe { *ptr = 8 };
+    }
+    assert_eq!(*lock.lock(), 8);
+    let slice: &SpinLock<[u8]> = &SpinLock::new([1, 2]);
+    assert_eq!(slice.data_ptr().len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fair unlock and bump
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unlock_fair_and_bump_on_one_thread() {
+    let lock = SpinLock::new(0);
+    let mut guard = lock.lock();
+    *guard += 1;
+    SpinLockGuard::bump(&mut guard);
+    assert!(lock.is_locked());
+    *guard += 1;
+    SpinLockGuard::unlock_fair(guard);
+    assert!(!lock.is_locked());
+    assert_eq!(*lock.lock(), 2);
+
+    let raw: RawSpinLock<Spin> = RawSpinLock::new();
+    raw.lock();
+    // SAFETY: taken just above; held again after `bump`.
+    unsafe { raw.bump() };
+    assert!(raw.is_locked());
+    // SAFETY: held by this thread.
+    unsafe { raw.unlock_fair() };
+    assert!(!raw.is_locked());
+}
+
+/// Threads that bump in the middle of their critical section: the lock is really released and
+/// retaken (another thread may get in), and mutual exclusion holds on each side of the bump.
+#[test]
+fn bump_and_unlock_fair_under_contention() {
+    let lock = SpinLock::new(0_usize);
+    let holders = AtomicUsize::new(0);
+    thread::scope(|s| {
+        for t in 0..THREADS {
+            let (lock, holders) = (&lock, &holders);
+            s.spawn(move || {
+                for _ in 0..ITERS / 4 {
+                    let mut guard = lock.lock();
+                    assert_eq!(holders.fetch_add(1, Relaxed), 0, "two holders at once");
+                    *guard += 1;
+                    holders.fetch_sub(1, Relaxed);
+                    SpinLockGuard::bump(&mut guard);
+                    assert_eq!(holders.fetch_add(1, Relaxed), 0, "two holders at once");
+                    *guard += 1;
+                    holders.fetch_sub(1, Relaxed);
+                    if t % 2 == 0 {
+                        SpinLockGuard::unlock_fair(guard);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(lock.into_inner(), 2 * THREADS * (ITERS / 4));
+}
+
+// ---------------------------------------------------------------------------------------------
+// lock_api interop: one suite, run against lock_api 0.5 and (feature `lock_api_04`) 0.4
+// ---------------------------------------------------------------------------------------------
+
+/// The lock_api suite for one version of lock_api: `$api` is the crate, `$force_unlock` releases
+/// a leaked `$api::Mutex<RawSpinLock, u32>` (0.5 hands it a guard token, 0.4 does not).
+#[cfg(any(feature = "lock_api", feature = "lock_api_04"))]
+macro_rules! lock_api_suite {
+    ($module:ident, $api:ident, force_unlock: |$m:ident| $force_unlock:expr) => {
+        mod $module {
+            use super::*;
+            use ::$api as api;
+
+            type ApiMutex<T> = api::Mutex<RawSpinLock, T>;
+            type ApiSpinMutex<T> = api::Mutex<RawSpinLock<Spin>, T>;
+
+            static API_STATIC: ApiMutex<u32> = api::Mutex::new(0);
+
+            #[test]
+            fn mutex_across_threads() {
+                let mutex = Arc::new(ApiMutex::new(0_usize));
+                let barrier = Arc::new(Barrier::new(THREADS));
+                let workers: Vec<_> = (0..THREADS)
+                    .map(|_| {
+                        let mutex = Arc::clone(&mutex);
+                        let barrier = Arc::clone(&barrier);
+                        thread::spawn(move || {
+                            barrier.wait();
+                            for _ in 0..ITERS {
+                                *mutex.lock() += 1;
+                            }
+                        })
+                    })
+                    .collect();
+                for worker in workers {
+                    worker.join().unwrap();
+                }
+                assert!(!mutex.is_locked());
+                assert_eq!(*mutex.lock(), THREADS * ITERS);
+            }
+
+            #[test]
+            fn mutex_try_lock() {
+                let mutex = ApiSpinMutex::new(String::from("GOOG"));
+                let guard = mutex.lock();
+                assert!(mutex.is_locked());
+                assert!(mutex.try_lock().is_none());
+                thread::scope(|s| {
+                    s.spawn(|| assert!(mutex.try_lock().is_none()));
+                });
+                drop(guard);
+                assert!(!mutex.is_locked());
+                mutex.try_lock().expect("free").push('L');
+                assert_eq!(mutex.into_inner(), "GOOGL");
+            }
+
+            #[test]
+            fn static_leak_and_force_unlock() {
+                *API_STATIC.lock() += 1;
+                let leaked: &mut u32 = api::MutexGuard::leak(API_STATIC.lock());
+                *leaked += 1;
+                assert!(API_STATIC.is_locked());
+                assert!(API_STATIC.try_lock().is_none());
+                let $m = &API_STATIC;
+                // SAFETY: the leaked guard holds the lock, its reference is not used again, and
+                // `RawSpinLock`'s guard token is stateless; nobody else touches API_STATIC.
+                unsafe { $force_unlock };
+                assert!(!API_STATIC.is_locked());
+                assert_eq!(*API_STATIC.lock(), 2);
+            }
+
+            #[test]
+            fn guard_unlocked_and_map() {
+                let mutex = ApiMutex::new((1_u32, 2_u32));
+                let mut guard = mutex.lock();
+                guard.0 = 10;
+                api::MutexGuard::unlocked(&mut guard, || {
+                    assert!(!mutex.is_locked());
+                    *mutex.try_lock().expect("unlocked inside the closure") = (20, 30);
+                });
+                assert!(mutex.is_locked());
+                let second = api::MutexGuard::map(guard, |pair| &mut pair.1);
+                assert_eq!(*second, 30);
+                drop(second);
+                assert!(!mutex.is_locked());
+            }
+
+            #[cfg(feature = "std")]
+            #[test]
+            fn timed_lock() {
+                let mutex = ApiMutex::new(5_u32);
+                let guard = mutex.try_lock_for(FOREVER).expect("free");
+                assert!(mutex.try_lock_for(Duration::ZERO).is_none());
+                assert!(mutex.try_lock_for(Duration::from_micros(100)).is_none());
+                assert!(mutex.try_lock_until(Instant::now()).is_none());
+                thread::scope(|s| {
+                    s.spawn(|| assert!(mutex.try_lock_for(Duration::from_micros(100)).is_none()));
+                });
+                drop(guard);
+                assert_eq!(mutex.try_lock_until(Instant::now()).map(|g| *g), Some(5));
+            }
+
+            #[cfg(feature = "std")]
+            #[test]
+            fn timed_waiter_gets_the_lock() {
+                let mutex = ApiMutex::new(0_u32);
+                let (to_holder, waiting) = mpsc::channel();
+                let mut guard = mutex.lock();
+                let mutex = &mutex;
+                thread::scope(|s| {
+                    s.spawn(move || {
+                        to_holder.send(()).unwrap();
+                        assert_eq!(mutex.try_lock_for(FOREVER).map(|g| *g), Some(9));
+                    });
+                    waiting.recv().unwrap();
+                    *guard = 9;
+                    drop(guard);
+                });
+            }
+
+            #[test]
+            fn unlock_fair_and_bump() {
+                let mutex = ApiMutex::new(0_usize);
+                thread::scope(|s| {
+                    for _ in 0..THREADS {
+                        s.spawn(|| {
+                            for i in 0..ITERS / 4 {
+                                let mut guard = mutex.lock();
+                                *guard += 1;
+                                api::MutexGuard::bump(&mut guard);
+                                *guard += 1;
+                                if i % 2 == 0 {
+                                    api::MutexGuard::unlock_fair(guard);
+                                }
+                            }
+                        });
+                    }
+                });
+                assert!(!mutex.is_locked());
+                assert_eq!(mutex.into_inner(), 2 * THREADS * (ITERS / 4));
+            }
+
+            #[cfg(not(feature = "send_guard"))]
+            #[test]
+            fn guards_are_not_send_by_default() {
+                assert_not_impl!(api::MutexGuard<'static, RawSpinLock, u32>: Send);
+                assert_sync::<api::MutexGuard<'static, RawSpinLock, u32>>();
+            }
+
+            #[cfg(feature = "send_guard")]
+            #[test]
+            fn guards_are_send_with_send_guard() {
+                assert_send::<api::MutexGuard<'static, RawSpinLock, u32>>();
+                let mutex = ApiMutex::new(1_u32);
+                let guard = mutex.lock();
+                thread::scope(|s| {
+                    s.spawn(move || drop(guard));
+                });
+                assert!(!mutex.is_locked());
+            }
+        }
+    };
+}
+
+#[cfg(feature = "lock_api")]
+lock_api_suite!(lock_api_05, lock_api, force_unlock: |mutex| {
+    mutex.force_unlock(<<RawSpinLock as lock_api::RawMutex>::Guard>::new())
+});
+
+#[cfg(feature = "lock_api_04")]
+lock_api_suite!(lock_api_04, lock_api_04, force_unlock: |mutex| mutex.force_unlock());

@@ -161,3 +161,67 @@ fn try_lock_never_succeeds_while_held() {
         holder.join().unwrap();
     });
 }
+
+/// A timed wait (two looks under loom, then it gives up) against a holder: whichever way it
+/// ends, nothing is lost and a successful wait sees the holder's write.
+#[test]
+fn try_lock_for_is_exclusive() {
+    model(3, || {
+        let lock = Arc::new(SpinLock::new(0_usize));
+        let holder = {
+            let lock = Arc::clone(&lock);
+            thread::spawn(move || *lock.lock() += 1)
+        };
+        let mut added = 1;
+        if let Some(mut count) = lock.try_lock_for(std::time::Duration::from_secs(1)) {
+            assert!(*count <= 1);
+            *count += 1;
+            added += 1;
+        }
+        holder.join().unwrap();
+        assert_eq!(*lock.lock(), added);
+    });
+}
+
+/// A mapped guard keeps the whole critical section: its write is ordered before the next
+/// holder's read (loom reports a race if the access ended after the unlock, or the unlock did
+/// not publish it).
+#[test]
+fn mapped_guard_is_exclusive() {
+    model(3, || {
+        let lock = Arc::new(SpinLock::new((0_u32, 0_u32)));
+        let writer = {
+            let lock = Arc::clone(&lock);
+            thread::spawn(move || {
+                let pair = fencelock::SpinLockGuard::map(lock.lock(), |pair| pair);
+                let mut second = fencelock::MappedSpinLockGuard::map(pair, |pair| &mut pair.1);
+                *second += 1;
+            })
+        };
+        *fencelock::SpinLockGuard::map(lock.lock(), |pair| &mut pair.1) += 1;
+        writer.join().unwrap();
+        assert_eq!(lock.lock().1, 2);
+    });
+}
+
+/// `bump` really releases and retakes the lock (the other thread may get in between), and each
+/// side of it is a critical section of its own; `unlock_fair` releases like `drop`.
+#[test]
+fn bump_and_unlock_fair_are_exclusive() {
+    model(2, || {
+        let lock = Arc::new(SpinLock::new(0_usize));
+        let bumper = {
+            let lock = Arc::clone(&lock);
+            thread::spawn(move || {
+                let mut count = lock.lock();
+                *count += 1;
+                fencelock::SpinLockGuard::bump(&mut count);
+                *count += 1;
+                fencelock::SpinLockGuard::unlock_fair(count);
+            })
+        };
+        *lock.lock() += 1;
+        bumper.join().unwrap();
+        assert_eq!(*lock.lock(), 3);
+    });
+}
