@@ -68,6 +68,7 @@
 mod error;
 mod fenced;
 mod lock;
+mod node;
 mod protocol;
 mod server;
 
