@@ -66,6 +66,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 mod error;
+mod fanout;
 mod fenced;
 mod lock;
 mod node;

@@ -178,28 +178,29 @@ impl RedisLock {
         let nonce = Nonce::new();
         let sent = Instant::now();
         let valid_until = protocol::valid_until(sent, ttl);
-        let claims = server.fan_out(0..n, |_| protocol::claim(keys, &nonce, ttl_ms));
-        let claimed = LockServer::decide(
-            &claims,
+        let claimed = server.round(
+            0..n,
+            |_| protocol::claim(keys, &nonce, ttl_ms),
             server.round_deadline(valid_until),
             ClaimTally::new(n),
         );
         let (token, granted) = match claimed {
             ClaimOutcome::Majority { token, granted } => (token, granted),
             ClaimOutcome::Held => {
-                server.fire_and_forget(|_| protocol::release(keys, &nonce));
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
                 return Ok(Attempt::Held);
             }
             ClaimOutcome::Unavailable(error) => {
-                server.fire_and_forget(|_| protocol::release(keys, &nonce));
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
                 return Err(error);
             }
         };
-        let stores = server.fan_out(granted.iter().copied(), |_| {
-            protocol::store(keys, &nonce, token)
-        });
-        let tally = StoreTally::new(n, granted.len());
-        let stored = LockServer::decide(&stores, server.round_deadline(valid_until), tally);
+        let stored = server.round(
+            granted.iter().copied(),
+            |_| protocol::store(keys, &nonce, token),
+            server.round_deadline(valid_until),
+            StoreTally::new(n, granted.len()),
+        );
         match stored {
             MajorityOutcome::Done => {
                 let lease = RedisLease::granted(self, nonce, token, valid_until);
@@ -210,11 +211,11 @@ impl RedisLock {
                 Ok(Attempt::TooSlow)
             }
             MajorityOutcome::Lost(_) => {
-                server.fire_and_forget(|_| protocol::release(keys, &nonce));
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
                 Ok(Attempt::TooSlow)
             }
             MajorityOutcome::Unavailable(error) => {
-                server.fire_and_forget(|_| protocol::release(keys, &nonce));
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
                 Err(error)
             }
         }
@@ -353,11 +354,13 @@ impl RedisLease {
             };
         }
         let (keys, nonce, n) = (&self.keys, &self.nonce, self.server.servers());
-        let renewals = self
-            .server
-            .fan_out(0..n, |_| protocol::renew(keys, nonce, ttl_ms));
-        let deadline = self.server.round_deadline(self.valid_until);
-        match LockServer::decide(&renewals, deadline, HolderTally::new(n, self.token)) {
+        let renewed = self.server.round(
+            0..n,
+            |_| protocol::renew(keys, nonce, ttl_ms),
+            self.server.round_deadline(self.valid_until),
+            HolderTally::new(n, self.token),
+        );
+        match renewed {
             MajorityOutcome::Done if Instant::now() < self.valid_until => Ok(()),
             MajorityOutcome::Done => Err(Error::Lost(LeaseLost::Expired)),
             MajorityOutcome::Lost(lost) => Err(Error::Lost(lost)),
@@ -371,7 +374,7 @@ impl RedisLease {
         if self.server.servers() > 1 {
             let (keys, nonce) = (&self.keys, &self.nonce);
             self.server
-                .fire_and_forget(|_| protocol::release(keys, nonce));
+                .send_and_forget(|_| protocol::release(keys, nonce));
         }
     }
 
@@ -408,13 +411,14 @@ impl RedisLease {
     /// Releases on every server; decided by a majority.
     fn release_quorum(&self) -> Result<(), Error> {
         let (keys, nonce, n) = (&self.keys, &self.nonce, self.server.servers());
-        let releases = self
-            .server
-            .fan_out(0..n, |_| protocol::release(keys, nonce));
-        let deadline = self
-            .server
-            .round_deadline(Instant::now() + protocol::MAX_TTL);
-        match LockServer::decide(&releases, deadline, HolderTally::new(n, self.token)) {
+        let released = self.server.round(
+            0..n,
+            |_| protocol::release(keys, nonce),
+            self.server
+                .round_deadline(Instant::now() + protocol::MAX_TTL),
+            HolderTally::new(n, self.token),
+        );
+        match released {
             MajorityOutcome::Done => Ok(()),
             MajorityOutcome::Lost(lost) => Err(Error::Lost(lost)),
             MajorityOutcome::Unavailable(error) => Err(error),

@@ -1,16 +1,7 @@
-//! One Redis server of a [`LockServer`](crate::LockServer): its pooled connections, and — for a
-//! quorum — the worker thread that talks to it, so that a caller can wait on all servers at once.
-//!
-//! A quorum's requests to one server go through that server's single worker, in the order they
-//! were made: it sends everything queued as one pipeline on its own connection and hands each
-//! reply back. One connection per server keeps the order (a release sent before a claim is
-//! applied before it), and pipelining keeps many callers from waiting on each other's round trips.
+//! One Redis server of a single-server [`LockServer`](crate::LockServer): its pooled blocking
+//! connections. (A quorum's servers are reached through [`fanout`](crate::fanout) instead.)
 
-use std::collections::VecDeque;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use redis::{Client, Connection, Value};
@@ -21,16 +12,6 @@ use crate::protocol::{self, Request};
 /// Connections kept open for reuse; more are opened when more threads call at once, and closed
 /// when they come back to a full pool.
 const MAX_IDLE_CONNECTIONS: usize = 64;
-
-/// Requests waiting for the worker, per server; past this the server counts as failed for a new
-/// request at once, so a stalled server never makes callers wait longer than their deadline.
-const MAX_QUEUED: usize = 1024;
-
-/// The most requests the worker sends as one pipeline.
-const MAX_BATCH: usize = 128;
-
-/// A worker with nothing to do for this long ends (a new request starts another).
-const WORKER_IDLE_EXIT: Duration = Duration::from_secs(10);
 
 /// Whether a request may be sent a second time when its reused connection turned out closed
 /// (the server restarted since it was last used, say) — where the first send may or may not
@@ -43,34 +24,12 @@ pub(crate) enum Resend {
     Never,
 }
 
-/// A request for the worker, and where its reply goes (tagged with the server's index).
-pub(crate) struct Job {
-    pub(crate) request: Request,
-    pub(crate) server: usize,
-    pub(crate) reply: Sender<(usize, Result<Value, Error>)>,
-}
-
-impl Job {
-    fn answer(self, result: Result<Value, Error>) {
-        // A caller that already decided has dropped its receiver: nothing to tell.
-        let _ = self.reply.send((self.server, result));
-    }
-}
-
-/// One server: how to reach it, its idle connections, and its worker's queue.
+/// One server: how to reach it, and its idle connections.
 pub(crate) struct Node {
     client: Client,
     connect_timeout: Duration,
     io_timeout: Duration,
     idle: Mutex<Vec<Connection>>,
-    queue: Mutex<Queue>,
-    work: Condvar,
-}
-
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    worker_running: bool,
 }
 
 impl Node {
@@ -80,8 +39,6 @@ impl Node {
             connect_timeout,
             io_timeout,
             idle: Mutex::new(Vec::new()),
-            queue: Mutex::new(Queue::default()),
-            work: Condvar::new(),
         }
     }
 
@@ -170,139 +127,6 @@ impl Node {
         // The pool holds no invariant a panic could break: a poisoned one is still a pool.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        // Jobs never run under this lock, so a panic cannot leave the queue half-changed.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues `job` for this server's worker, starting the worker if it is not running. Answers
-    /// the job with an error at once if too many are waiting or no thread could be started.
-    pub(crate) fn submit(self: &Arc<Self>, job: Job) {
-        let mut queue = self.queue();
-        if queue.jobs.len() >= MAX_QUEUED {
-            drop(queue);
-            return job.answer(Err(overloaded()));
-        }
-        queue.jobs.push_back(job);
-        if queue.worker_running {
-            drop(queue);
-            self.work.notify_one();
-            return;
-        }
-        let node = Arc::clone(self);
-        let started = thread::Builder::new()
-            .name("fencelock-redis".into())
-            .spawn(move || node.work());
-        match started {
-            Ok(_) => queue.worker_running = true,
-            Err(_) => {
-                let jobs: Vec<Job> = queue.jobs.drain(..).collect();
-                drop(queue);
-                for job in jobs {
-                    job.answer(Err(overloaded()));
-                }
-            }
-        }
-    }
-
-    /// The worker: sends whatever is queued as one pipeline, hands out the replies, repeats;
-    /// ends after [`WORKER_IDLE_EXIT`] with nothing to do.
-    fn work(&self) {
-        let mut con: Option<Connection> = None;
-        loop {
-            let batch: Vec<Job> = {
-                let mut queue = self.queue();
-                while queue.jobs.is_empty() {
-                    let (guard, waited) = self
-                        .work
-                        .wait_timeout(queue, WORKER_IDLE_EXIT)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    queue = guard;
-                    if waited.timed_out() && queue.jobs.is_empty() {
-                        queue.worker_running = false;
-                        return;
-                    }
-                }
-                let n = queue.jobs.len().min(MAX_BATCH);
-                queue.jobs.drain(..n).collect()
-            };
-            // A job's reply never panics; if something did, the worker goes on.
-            let sent = panic::catch_unwind(AssertUnwindSafe(|| self.send_batch(&mut con, &batch)));
-            let replies = sent.unwrap_or_else(|_| {
-                con = None;
-                batch.iter().map(|_| Err(overloaded())).collect()
-            });
-            for (job, reply) in batch.into_iter().zip(replies) {
-                job.answer(reply);
-            }
-        }
-    }
-
-    /// Sends `batch` as one pipeline on the worker's connection (opening it if needed), and
-    /// returns one result per request. Every request of a quorum is idempotent for its nonce, so
-    /// a batch that met a connection closed since its last use is sent once more on a new one.
-    fn send_batch(&self, con: &mut Option<Connection>, batch: &[Job]) -> Vec<Result<Value, Error>> {
-        let reused = con.is_some();
-        match self.pipeline(con, batch) {
-            Ok(replies) => replies,
-            Err(error) => {
-                *con = None;
-                let closed = error.is_connection_dropped() && !error.is_timeout();
-                if reused && closed {
-                    if let Ok(replies) = self.pipeline(con, batch) {
-                        return replies;
-                    }
-                    *con = None;
-                }
-                batch
-                    .iter()
-                    .map(|_| Err(Error::Redis(error.clone())))
-                    .collect()
-            }
-        }
-    }
-
-    fn pipeline(
-        &self,
-        con: &mut Option<Connection>,
-        batch: &[Job],
-    ) -> redis::RedisResult<Vec<Result<Value, Error>>> {
-        let con = match con {
-            Some(con) => con,
-            None => {
-                let mut fresh = self.connect_raw()?;
-                for script in protocol::quorum_scripts() {
-                    script.load(&mut fresh)?;
-                }
-                con.insert(fresh)
-            }
-        };
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for job in batch {
-            pipe.add_command(job.request.evalsha());
-        }
-        let values: Vec<Value> = pipe.query(con)?;
-        let mut replies = Vec::with_capacity(batch.len());
-        for (job, value) in batch.iter().zip(values) {
-            let reply = match value {
-                Value::ServerError(error) => {
-                    let error = redis::RedisError::from(error);
-                    if protocol::is_noscript(&error) {
-                        // Restarted or flushed: load it, and send this one alone again.
-                        job.request.script().load(con)?;
-                        run(con, &job.request).map_err(Error::Redis)
-                    } else {
-                        Err(Error::Redis(error))
-                    }
-                }
-                value => Ok(value),
-            };
-            replies.push(reply);
-        }
-        Ok(replies)
-    }
 }
 
 /// `EVALSHA` the request; after `NOSCRIPT`, load the script and send it once more.
@@ -314,12 +138,4 @@ fn run(con: &mut Connection, request: &Request) -> redis::RedisResult<Value> {
         }
         reply => reply,
     }
-}
-
-#[cold]
-fn overloaded() -> Error {
-    Error::Redis(redis::RedisError::from((
-        redis::ErrorKind::Io,
-        "fencelock-redis: too many requests waiting for this server (is it stalled?)",
-    )))
 }

@@ -2,14 +2,15 @@
 //! connections and settings, shared by every lock made from it.
 
 use std::fmt;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{Client, Value};
 
+use crate::fanout::{self, Sockets};
+
 use crate::error::{Error, InvalidInput};
-use crate::node::{Job, Node, Resend};
+use crate::node::{Node, Resend};
 use crate::protocol::{self, quorum::Tally, Request};
 use crate::{RedisFenced, RedisLock};
 
@@ -47,7 +48,9 @@ pub struct LockServer {
 
 struct Inner {
     /// One server, or an odd number of them (a quorum).
-    nodes: Vec<Arc<Node>>,
+    nodes: Vec<Node>,
+    /// For a quorum, each server's non-blocking sockets (empty for a single server).
+    sockets: Vec<Sockets>,
     settings: Settings,
 }
 
@@ -166,9 +169,17 @@ impl LockServerBuilder {
             .into());
         }
         let s = &self.settings;
-        let nodes: Vec<Arc<Node>> = clients
+        let sockets = if clients.len() > 1 {
+            clients
+                .iter()
+                .map(|client| Sockets::new(client.get_connection_info(), s.connect_timeout))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let nodes: Vec<Node> = clients
             .into_iter()
-            .map(|client| Arc::new(Node::new(client, s.connect_timeout, s.io_timeout)))
+            .map(|client| Node::new(client, s.connect_timeout, s.io_timeout))
             .collect();
         for (i, node) in nodes.iter().enumerate() {
             if let Some(j) = nodes[..i]
@@ -186,6 +197,7 @@ impl LockServerBuilder {
         Ok(LockServer {
             inner: Arc::new(Inner {
                 nodes,
+                sockets,
                 settings: self.settings,
             }),
         })
@@ -314,7 +326,7 @@ impl LockServer {
     /// Whether `self` and `other` are single servers, and the same server and database.
     pub(crate) fn same_server(&self, other: &Self) -> bool {
         match (self.inner.nodes.as_slice(), other.inner.nodes.as_slice()) {
-            ([a], [b]) => Arc::ptr_eq(a, b) || a.identity() == b.identity(),
+            ([a], [b]) => a.identity() == b.identity(),
             _ => false,
         }
     }
@@ -330,50 +342,22 @@ impl LockServer {
         self.single().invoke(call, resend)
     }
 
-    /// Sends `request(server)` to each server in `servers` at once, each through its own
-    /// worker; the replies come back on the receiver in the order they arrive. A server whose
-    /// queue is full answers with an error at once.
-    pub(crate) fn fan_out(
+    /// One round of a quorum: `request(server)` to each server in `servers` at once, the
+    /// replies fed to `tally` until it decides or `deadline` passes.
+    pub(crate) fn round<T: Tally>(
         &self,
         servers: impl IntoIterator<Item = usize>,
         request: impl Fn(usize) -> Request,
-    ) -> Receiver<(usize, Result<Value, Error>)> {
-        let (replies, receiver) = mpsc::channel();
-        for server in servers {
-            self.inner.nodes[server].submit(Job {
-                request: request(server),
-                server,
-                reply: replies.clone(),
-            });
-        }
-        receiver
-    }
-
-    /// Feeds the replies of a [`fan_out`](Self::fan_out) to `tally` until it decides, or until
-    /// `deadline`, when every server that has not answered counts as failed.
-    pub(crate) fn decide<T: Tally>(
-        replies: &Receiver<(usize, Result<Value, Error>)>,
         deadline: Instant,
-        mut tally: T,
+        tally: T,
     ) -> T::Outcome {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match replies.recv_timeout(left) {
-                Ok((server, reply)) => {
-                    if let Some(outcome) = tally.record(server, reply) {
-                        return outcome;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    return tally.settle();
-                }
-            }
-        }
+        fanout::round(&self.inner.sockets, servers, request, deadline, tally)
     }
 
-    /// Sends `request` to every server and does not wait for the replies (best-effort cleanup).
-    pub(crate) fn fire_and_forget(&self, request: impl Fn(usize) -> Request) {
-        drop(self.fan_out(0..self.servers(), request));
+    /// Sends `request` to every server of the quorum and does not wait for the replies
+    /// (best-effort cleanup).
+    pub(crate) fn send_and_forget(&self, request: impl Fn(usize) -> Request) {
+        fanout::send_and_forget(&self.inner.sockets, request);
     }
 
     /// The longest a caller waits for one round of a quorum: the I/O timeout, and never past

@@ -42,6 +42,7 @@ use redis::{Cmd, Script, ToRedisArgs, Value};
 use crate::error::{Error, InvalidInput};
 
 pub(crate) mod quorum;
+pub(crate) mod resp;
 
 /// The shortest TTL accepted: a lease must outlast its drift allowance with room for a round trip.
 pub const MIN_TTL: Duration = Duration::from_millis(5);
@@ -170,19 +171,35 @@ pub(crate) fn fenced_key(prefix: &str, name: &str) -> Result<String, Error> {
     Ok(format!("{prefix}{{{name}}}:fenced"))
 }
 
+/// A Lua script: its source (for `EVAL`, which also loads it) and its SHA1 (for `EVALSHA`).
+#[derive(Debug)]
+pub(crate) struct Lua {
+    code: String,
+    script: Script,
+}
+
+impl Lua {
+    fn new(code: &str) -> Self {
+        Self {
+            code: code.to_owned(),
+            script: Script::new(code),
+        }
+    }
+}
+
 /// One script call, as a value: which script, its keys and its arguments. Front ends turn it into
 /// an `EVALSHA` (and load the script after `NOSCRIPT`); it never touches a connection itself.
 #[derive(Clone, Debug)]
 pub(crate) struct Request {
-    script: &'static Script,
+    lua: &'static Lua,
     keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
 }
 
 impl Request {
-    fn new(script: &'static LazyLock<Script>) -> Self {
+    fn new(lua: &'static LazyLock<Lua>) -> Self {
         Self {
-            script: LazyLock::force(script),
+            lua: LazyLock::force(lua),
             keys: Vec::with_capacity(2),
             args: Vec::with_capacity(3),
         }
@@ -200,13 +217,22 @@ impl Request {
 
     /// The script this request runs (to load it after `NOSCRIPT`).
     pub(crate) fn script(&self) -> &'static Script {
-        self.script
+        &self.lua.script
     }
 
     /// `EVALSHA sha numkeys keys... args...`.
     pub(crate) fn evalsha(&self) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash())
+        self.command("EVALSHA", self.lua.script.get_hash())
+    }
+
+    /// `EVAL source numkeys keys... args...`: runs the script and loads it (after `NOSCRIPT`).
+    pub(crate) fn eval(&self) -> Cmd {
+        self.command("EVAL", &self.lua.code)
+    }
+
+    fn command(&self, name: &str, script: &str) -> Cmd {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(script)
             .arg(self.keys.len())
             .arg(&self.keys)
             .arg(&self.args);
@@ -214,10 +240,15 @@ impl Request {
     }
 }
 
-/// The scripts a quorum's worker sends, to load on each new connection: a request that met
-/// `NOSCRIPT` inside a pipeline would run after the ones behind it, out of order.
-pub(crate) fn quorum_scripts() -> [&'static Script; 4] {
-    [&CLAIM, &STORE, &RENEW, &RELEASE].map(|script| LazyLock::force(script))
+/// `SCRIPT LOAD` of every script a quorum sends, for each new connection: a reply nobody waits
+/// for any more (a straggler's) cannot be sent again after `NOSCRIPT`, so the scripts must be
+/// there before the first request.
+pub(crate) fn load_quorum_scripts(pipe: &mut redis::Pipeline) {
+    for lua in [&CLAIM, &STORE, &RENEW, &RELEASE] {
+        pipe.cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(&LazyLock::force(lua).code);
+    }
 }
 
 /// Whether `error` says the server does not have the script (restarted, or `SCRIPT FLUSH`).
@@ -247,8 +278,8 @@ end
 /// Idempotent for one nonce: a lock that already holds this nonce's value (the same request,
 /// resent after its reply was lost) counts as granted with the token it got then. Errors if the
 /// token space is exhausted.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&format!(
         "{NEXT_TOKEN_LUA}{}",
         r"
 local mine = ARGV[1]
@@ -292,8 +323,8 @@ return tokens
 /// Renews a lease. KEYS: lock key. ARGV: the lease's nonce and a colon (`nonce:`), TTL ms.
 /// Returns {1} if the key held this acquisition's value (its TTL is now the new one), {0} if the
 /// key is gone, {2, value} if it holds another acquisition's value; only {1} changed anything.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static RENEW: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1]) == ARGV[1] then
@@ -309,8 +340,8 @@ return {0}
 
 /// Releases a lease. KEYS: lock key. ARGV: the lease's nonce and a colon (`nonce:`).
 /// Returns as [`RENEW`] does; only {1} (the key was deleted) changed anything.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1]) == ARGV[1] then
@@ -327,8 +358,8 @@ return {0}
 /// A fenced write. KEYS: the fenced key. ARGV: token, then each command as its argument count
 /// followed by its arguments. Returns {1} after recording the token and running every command,
 /// or {0, highest} when the token is below the highest admitted (nothing ran).
-static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static FENCED_WRITE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local highest = redis.call('GET', KEYS[1])
 if highest and tonumber(highest) > tonumber(ARGV[1]) then
@@ -351,8 +382,8 @@ return {1}
 /// it already holds this nonce (a resend) — and returns {1, floor}, where floor = max(the
 /// counter, the server's time in µs) as digits: the token must exceed it. Returns {0, value}
 /// when another acquisition holds the key (nothing changed).
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1]) ~= ARGV[1] then
@@ -374,8 +405,8 @@ return {1, string.format('%.0f', math.max(last, now_us))}
 /// present: raises the counter to the token (never lowers it) and writes the token into the
 /// key's value, keeping its TTL; returns 1. Returns 0, changing nothing, where the key is gone or
 /// another's.
-static STORE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static STORE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local current = redis.call('GET', KEYS[1])
 if not current or string.sub(current, 1, #ARGV[1]) ~= ARGV[1] then
