@@ -96,9 +96,22 @@ impl Sockets {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A pooled socket (with whether it was reused), or a new one.
+    /// A pooled socket (with whether it was reused), or a new one. A server that has left too
+    /// many requests unanswered on its socket is not sent another: it counts as failed at once
+    /// (and no new connection piles onto a server that stopped answering).
     fn take(&self) -> Result<(Socket, bool), Error> {
-        if let Some(socket) = self.idle().pop() {
+        // (The pool's lock is released before the socket is looked at.)
+        let pooled = self.idle().pop();
+        if let Some(mut socket) = pooled {
+            if socket.discard >= MAX_UNANSWERED {
+                if drain(&mut socket).is_err() {
+                    return self.take();
+                }
+                if socket.discard >= MAX_UNANSWERED {
+                    self.give_back(socket);
+                    return Err(unreachable("not answering: too many requests unanswered"));
+                }
+            }
             return Ok((socket, true));
         }
         if self
@@ -151,11 +164,12 @@ impl Sockets {
     }
 
     fn give_back(&self, socket: Socket) {
-        if socket.discard <= MAX_UNANSWERED {
-            let mut idle = self.idle();
-            if idle.len() < MAX_IDLE_SOCKETS {
-                idle.push(socket);
-            }
+        let mut idle = self.idle();
+        if idle.len() < MAX_IDLE_SOCKETS {
+            // Last in, first out: a thread's next request goes out on the socket of its last
+            // one, behind any reply still due there — so a release it did not wait for on this
+            // server is applied before its next claim.
+            idle.push(socket);
         }
     }
 }
@@ -294,19 +308,40 @@ fn write(socket: &mut Socket, bytes: &[u8]) -> Result<(), Error> {
     }
 }
 
-/// Reads what has arrived; `Some` once this request's reply is complete.
-fn poll(flight: &mut InFlight<'_>) -> Result<Option<Value>, Error> {
+/// Reads what has arrived and discards the replies nobody waits for; `Err` if the socket broke.
+fn drain(socket: &mut Socket) -> Result<(), Error> {
+    fill(socket)?;
+    while socket.discard > 0 {
+        match resp::value_len(&socket.buf) {
+            Ok(Some(len)) => {
+                socket.buf.drain(..len);
+                socket.discard -= 1;
+            }
+            Ok(None) => break,
+            Err(()) => return Err(unreachable("the server sent bytes that are not RESP2")),
+        }
+    }
+    Ok(())
+}
+
+/// Reads whatever has arrived on the socket, without blocking.
+fn fill(socket: &mut Socket) -> Result<(), Error> {
     let mut chunk = [0_u8; 4096];
     loop {
-        match flight.socket.tcp.read(&mut chunk) {
-            Ok(0) => {
-                return reconnect_or_fail(flight, unreachable("the server closed the connection"))
-            }
-            Ok(n) => flight.socket.buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+        match socket.tcp.read(&mut chunk) {
+            Ok(0) => return Err(unreachable("the server closed the connection")),
+            Ok(n) => socket.buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return reconnect_or_fail(flight, Error::Redis(e.into())),
+            Err(e) => return Err(Error::Redis(e.into())),
         }
+    }
+}
+
+/// Reads what has arrived; `Some` once this request's reply is complete.
+fn poll(flight: &mut InFlight<'_>) -> Result<Option<Value>, Error> {
+    if let Err(error) = fill(&mut flight.socket) {
+        return reconnect_or_fail(flight, error);
     }
     loop {
         let socket = &mut flight.socket;
