@@ -1,6 +1,7 @@
 //! One Redis server of a single-server [`LockServer`](crate::LockServer): its pooled blocking
 //! connections. (A quorum's servers are reached through [`fanout`](crate::fanout) instead.)
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -24,12 +25,16 @@ pub(crate) enum Resend {
     Never,
 }
 
+/// Shards of the connection pool: each thread takes from and returns to its own shard first, so
+/// that many threads sharing one handle do not queue on one lock.
+const POOL_SHARDS: usize = 8;
+
 /// One server: how to reach it, and its idle connections.
 pub(crate) struct Node {
     client: Client,
     connect_timeout: Duration,
     io_timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
+    idle: [Mutex<Vec<Connection>>; POOL_SHARDS],
 }
 
 impl Node {
@@ -38,7 +43,7 @@ impl Node {
             client,
             connect_timeout,
             io_timeout,
-            idle: Mutex::new(Vec::new()),
+            idle: Default::default(),
         }
     }
 
@@ -72,7 +77,7 @@ impl Node {
         resend: Resend,
         mut request: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
-        let pooled = self.idle().pop();
+        let pooled = self.pop_idle();
         let reused = pooled.is_some();
         let mut con = match pooled {
             Some(con) => con,
@@ -89,7 +94,9 @@ impl Node {
         let connection_failed =
             error.is_io_error() || error.is_timeout() || error.is_connection_dropped();
         if connection_failed {
-            self.idle().clear();
+            for shard in &self.idle {
+                lock(shard).clear();
+            }
         }
         let closed = error.is_connection_dropped() && !error.is_timeout();
         if !(reused && closed && resend == Resend::IfStale) {
@@ -102,8 +109,8 @@ impl Node {
     }
 
     fn give_back(&self, con: Connection) {
-        let mut idle = self.idle();
-        if idle.len() < MAX_IDLE_CONNECTIONS {
+        let mut idle = lock(&self.idle[shard()]);
+        if idle.len() < MAX_IDLE_CONNECTIONS / POOL_SHARDS {
             idle.push(con);
         }
     }
@@ -123,9 +130,10 @@ impl Node {
         Ok(con)
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
-        // The pool holds no invariant a panic could break: a poisoned one is still a pool.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    /// An idle connection: from this thread's shard, else from any other.
+    fn pop_idle(&self) -> Option<Connection> {
+        let own = shard();
+        (0..POOL_SHARDS).find_map(|i| lock(&self.idle[(own + i) % POOL_SHARDS]).pop())
     }
 }
 
@@ -138,4 +146,19 @@ fn run(con: &mut Connection, request: &Request) -> redis::RedisResult<Value> {
         }
         reply => reply,
     }
+}
+
+fn lock(shard: &Mutex<Vec<Connection>>) -> MutexGuard<'_, Vec<Connection>> {
+    // The pool holds no invariant a panic could break: a poisoned one is still a pool.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This thread's pool shard, assigned round-robin on first use.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        // Relaxed: the counter only spreads threads over shards; nothing is published by it.
+        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % POOL_SHARDS;
+    }
+    SHARD.with(|shard| *shard)
 }
