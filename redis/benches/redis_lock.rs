@@ -134,11 +134,10 @@ fn benches(c: &mut Criterion) {
     let single = handle.lock("quorum-bench").unwrap();
     let of_three = quorum.lock("quorum-bench").unwrap();
     let acquire_release = |lock: &fencelock_redis::RedisLock| {
-        lock.try_acquire(TTL)
-            .unwrap()
-            .expect("free")
-            .release()
-            .unwrap();
+        let lease = lock.try_acquire(TTL);
+        let lease = lease.unwrap_or_else(|e| panic!("acquire: {e}"));
+        let lease = lease.expect("the lock is free");
+        lease.release().unwrap_or_else(|e| panic!("release: {e}"));
     };
     group.bench_function("single", |b| b.iter(|| acquire_release(&single)));
     group.bench_function("quorum_3", |b| b.iter(|| acquire_release(&of_three)));

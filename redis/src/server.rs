@@ -160,7 +160,7 @@ impl LockServerBuilder {
     /// As [`quorum`](Self::quorum).
     pub fn quorum_of(self, clients: Vec<Client>) -> Result<LockServer, Error> {
         self.validate()?;
-        if clients.is_empty() || clients.len() % 2 == 0 {
+        if clients.is_empty() || clients.len().is_multiple_of(2) {
             return Err(InvalidInput::new(format!(
                 "a quorum needs an odd number of servers (1, 3, 5, ...), not {}: with an even \
                  number, half of them failing stops it as surely as one more would",

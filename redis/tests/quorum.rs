@@ -334,7 +334,7 @@ fn history_check_windows_never_overlap_and_writes_follow_tokens() {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    let stall = rng % 4 == 0;
+                    let stall = rng.is_multiple_of(4);
                     if stall {
                         stalls.fetch_add(1, SeqCst);
                         thread::sleep(Duration::from_millis(300)); // past its validity
