@@ -1,6 +1,9 @@
 //! The exchange example's `--redis` mode, end to end: three trader processes against a throwaway
 //! `redis-server`, one of them stalling past its lease. The run must pass its own exactly-once
-//! check, with the stalled trader's late write refused.
+//! check, with the stalled trader's late write refused. Then the same with `--quorum 3`: the
+//! leases on three lock servers, the data on a fourth, and one lock server killed with `kill -9`
+//! in the middle of trading (the example starts these four servers itself: only then does it
+//! kill one).
 //!
 //! Runs the example binary that `cargo test` builds (into `target/<profile>/examples/`); it needs
 //! `redis-server` on PATH.
@@ -57,13 +60,14 @@ fn modified(path: &std::path::Path) -> SystemTime {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-#[test]
-fn across_processes_every_unit_is_sold_exactly_once_and_the_stalled_write_is_refused() {
+/// Runs the example with `args`, reading both of its pipes to their end (bounded by
+/// `RUN_TIMEOUT`); asserts that it succeeded and passed its exactly-once check, and returns its
+/// output.
+fn run_exchange(args: &[&str]) -> String {
     let exe = example_binary();
-    let server = RedisProcess::start();
     let started = Instant::now();
     let mut child = Command::new(&exe)
-        .args(["--redis", &server.url(), "--processes", "3"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -107,15 +111,47 @@ fn across_processes_every_unit_is_sold_exactly_once_and_the_stalled_write_is_ref
         output.contains("exactly-once check passed"),
         "no exactly-once verdict:\n{output}"
     );
-    let refused: u64 = output
+    output
+}
+
+/// The summary's count of late writes refused.
+fn late_writes_refused(output: &str) -> u64 {
+    output
         .split("late writes refused: ")
         .nth(1)
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count of late writes refused:\n{output}"));
-    assert!(refused >= 1, "no late write was refused:\n{output}");
+        .unwrap_or_else(|| panic!("no count of late writes refused:\n{output}"))
+}
+
+#[test]
+fn across_processes_every_unit_is_sold_exactly_once_and_the_stalled_write_is_refused() {
+    let server = RedisProcess::start();
+    let output = run_exchange(&["--redis", &server.url(), "--processes", "3"]);
+    assert!(
+        late_writes_refused(&output) >= 1,
+        "no late write was refused:\n{output}"
+    );
     assert!(
         output.contains("processes: 3,"),
         "not 3 processes:\n{output}"
+    );
+}
+
+#[test]
+fn on_a_quorum_of_three_a_lock_server_killed_mid_trading_loses_no_unit_and_admits_no_late_write() {
+    let output = run_exchange(&["--redis", "--quorum", "3", "--processes", "3"]);
+    assert!(
+        late_writes_refused(&output) >= 1,
+        "no late write was refused:\n{output}"
+    );
+    assert!(
+        output.contains("processes: 3,"),
+        "not 3 processes:\n{output}"
+    );
+    assert!(
+        output.contains("-- kill -9 lock server 0 ")
+            && output.contains("lock servers: 3, killed: lock server 0 "),
+        "no lock server was killed:\n{output}"
     );
 }

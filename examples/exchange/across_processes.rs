@@ -7,6 +7,12 @@
 //! starts the traders, waits for them (bounded: past `TRADERS_TIMEOUT` they are killed and the run
 //! fails), and then checks *in Redis* that every unit is in exactly one place — still in its book
 //! or sold once — before printing a summary. It exits non-zero if any check fails.
+//!
+//! `--quorum N` takes the leases on a quorum of N lock servers instead (`LockServer::quorum`),
+//! while the books and ledgers live on a separate data server: a fenced resource is data on one
+//! server. Without URLs the parent starts N + 1 throwaway servers, and once a trader reports its
+//! first batch sold (a `first-sale` line on its stdout) it kills one lock server with `kill -9`;
+//! trading goes on with the others, and the same checks must pass.
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
@@ -17,22 +23,39 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fencelock_redis::redis::{self, Connection, ConnectionAddr};
+use fencelock_redis::LockServer;
 
 use crate::market::{unit_id, STOCKS};
 use crate::redis_books::{
-    book_key, connect, sold_key, StallReport, Tally, READY, THREADS, TRADER_FLAG, UNITS_PER_STOCK,
+    book_key, connect, sold_key, StallReport, Tally, FIRST_SALE, READY, THREADS, TRADER_FLAG,
+    UNITS_PER_STOCK,
 };
 use crate::redis_process::RedisProcess;
 
 /// Trader processes when `--processes` is not given, and the most allowed.
 const DEFAULT_PROCESSES: usize = 3;
 const MAX_PROCESSES: usize = 16;
+/// The largest quorum of lock servers `--quorum` accepts.
+const MAX_QUORUM: usize = 7;
+/// The lock server the parent kills in the quorum mode (when it started the servers itself).
+const KILLED: usize = 0;
 /// The longest the traders may take, all together; then they are killed and the run fails.
 const TRADERS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bounds the cleanup of a run's keys (`SCAN` pages of up to 1,000 keys).
 const MAX_SCAN_PAGES: usize = 10_000;
 
-const USAGE: &str = "usage: exchange --redis [redis://127.0.0.1:PORT] [--processes N]";
+const USAGE: &str = "\
+usage: exchange --redis [redis://127.0.0.1:PORT] [--processes N]
+       exchange --redis [URL,URL,URL] --quorum 3 [--data URL] [--processes N]
+  --redis [URL]   without a URL, start a throwaway redis-server on 127.0.0.1 (needs redis-server
+                  on PATH); with one, use that server (loopback only: 127.0.0.1, ::1, localhost)
+  --quorum N      take the leases on a quorum of N lock servers (N odd, 3 to 7); the books and
+                  ledgers live on a separate data server. Without URLs: start N throwaway lock
+                  servers and a throwaway data server, and kill -9 one lock server as soon as a
+                  trader reports its first batch sold. With N comma-separated URLs after --redis:
+                  use those lock servers (none is killed)
+  --data URL      with URLs: the data server (default: the first URL after --redis)
+  --processes N   trader processes, 1 to 16 (default 3)";
 
 /// Runs the `--redis` mode with the command line's arguments.
 pub fn main(args: &[String]) -> ExitCode {
@@ -43,33 +66,71 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (_server, url, whose) = match options.url {
-        Some(url) => (None, url, "given"),
-        None => {
-            if !on_path("redis-server") {
-                eprintln!(
-                    "redis-server is not on PATH: `--redis` without a URL starts a throwaway \
-                     one. Install it (`apt-get install -y redis-server` on Debian/Ubuntu, \
-                     `brew install redis` on macOS), or pass the URL of a server on this \
-                     machine: --redis redis://127.0.0.1:PORT"
-                );
-                return ExitCode::from(2);
-            }
-            let server = RedisProcess::start();
-            let url = server.url();
-            (Some(server), url, "a throwaway redis-server")
-        }
-    };
-    if let Err(why) = check_loopback(&url) {
-        eprintln!("{why}");
+    if options.urls.is_empty() && !on_path("redis-server") {
+        eprintln!(
+            "redis-server is not on PATH: `--redis` without a URL starts throwaway servers. \
+             Install it (`apt-get install -y redis-server` on Debian/Ubuntu, `brew install \
+             redis` on macOS), or pass the URL of a server on this machine: --redis \
+             redis://127.0.0.1:PORT"
+        );
         return ExitCode::from(2);
     }
+    let mut servers = Servers::new(&options);
+    for url in servers.lock_urls.iter().chain([&servers.data_url]) {
+        if let Err(why) = check_loopback(url) {
+            eprintln!("{why}");
+            return ExitCode::from(2);
+        }
+    }
+    // The parent builds the lock server handle once, so that a bad list (an even number of
+    // servers, one named twice) is refused here rather than in every trader.
+    let lock_server = match servers.lock_urls.as_slice() {
+        [url] => LockServer::open(url),
+        urls => LockServer::quorum(&urls.iter().map(String::as_str).collect::<Vec<_>>()),
+    };
+    let lock_servers = match lock_server {
+        Ok(lock_server) => lock_server.servers(),
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
 
-    println!(
-        "== across processes: books in Redis at {url} ({whose}), RedisLock leases, \
-         RedisFenced ledgers"
-    );
-    match run(&url, options.processes) {
+    if lock_servers == 1 && servers.lock_urls == [servers.data_url.clone()] {
+        let (url, whose) = (&servers.data_url, servers.whose);
+        println!(
+            "== across processes: books in Redis at {url} ({whose}), RedisLock leases, \
+             RedisFenced ledgers"
+        );
+    } else {
+        let ports: Vec<&str> = servers.lock_urls.iter().map(|url| short(url)).collect();
+        println!(
+            "== across processes: RedisLock leases on {lock_servers} lock server(s) at {} ({}), \
+             books and RedisFenced ledgers on a data server at {} ({})",
+            ports.join(", "),
+            servers.whose,
+            servers.data_url,
+            if servers.lock_processes.is_empty() {
+                "given"
+            } else {
+                "a throwaway redis-server"
+            }
+        );
+        let killing = if servers.lock_processes.is_empty() {
+            "none of them will be killed (the example kills only servers it started)".to_owned()
+        } else {
+            format!(
+                "lock server {KILLED} ({}) will be killed with kill -9 once a trader reports its \
+                 first batch sold",
+                short(&servers.lock_urls[KILLED])
+            )
+        };
+        println!(
+            "   lock servers: {lock_servers}, a lease needs {} of them; {killing}",
+            lock_servers / 2 + 1
+        );
+    }
+    match run(&mut servers, options.processes) {
         Ok(summary) => {
             println!("{summary}");
             println!(
@@ -88,21 +149,46 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 struct Options {
-    url: Option<String>,
+    /// The lock servers' URLs given after `--redis` (none: start throwaway servers).
+    urls: Vec<String>,
+    /// `--quorum N`: the number of lock servers, when given.
+    quorum: Option<usize>,
+    /// `--data URL`: the data server, when given.
+    data: Option<String>,
     processes: usize,
 }
 
 impl Options {
     fn parse(args: &[String]) -> Result<Self, String> {
         let mut options = Options {
-            url: None,
+            urls: Vec::new(),
+            quorum: None,
+            data: None,
             processes: DEFAULT_PROCESSES,
         };
+        let mut redis = false;
         let mut args = args.iter().peekable();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--redis" => {
-                    options.url = args.next_if(|next| !next.starts_with("--")).cloned();
+                    redis = true;
+                    if let Some(urls) = args.next_if(|next| !next.starts_with("--")) {
+                        options.urls = urls.split(',').map(str::to_owned).collect();
+                    }
+                }
+                "--quorum" => {
+                    let n = args.next().and_then(|n| n.parse().ok());
+                    options.quorum = Some(
+                        n.filter(|n| n % 2 == 1 && (3..=MAX_QUORUM).contains(n))
+                            .ok_or(format!(
+                                "--quorum takes an odd number from 3 to {MAX_QUORUM} (without \
+                                 it, the leases live on one server)"
+                            ))?,
+                    );
+                }
+                "--data" => {
+                    let url = args.next_if(|next| !next.starts_with("--"));
+                    options.data = Some(url.ok_or("--data takes a URL")?.clone());
                 }
                 "--processes" => {
                     let n = args.next().and_then(|n| n.parse().ok());
@@ -115,8 +201,94 @@ impl Options {
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
+        if !redis {
+            return Err("--quorum and --data go with --redis".into());
+        }
+        if options.urls.is_empty() && options.data.is_some() {
+            return Err("--data goes with the lock servers' URLs after --redis".into());
+        }
+        if let Some(n) = options.quorum {
+            if !options.urls.is_empty() && options.urls.len() != n {
+                return Err(format!(
+                    "--quorum {n} needs {n} comma-separated URLs after --redis, not {}",
+                    options.urls.len()
+                ));
+            }
+        }
         Ok(options)
     }
+}
+
+/// The servers of a run: where the leases live, where the data lives, and the throwaway servers
+/// this process started (stopped when dropped).
+struct Servers {
+    /// One URL, or the quorum's.
+    lock_urls: Vec<String>,
+    /// The books and ledgers; with one lock server and no `--data`, the same server.
+    data_url: String,
+    /// The lock servers started here (empty when given URLs, or in the single-server mode,
+    /// whose one server is `data_process`).
+    lock_processes: Vec<RedisProcess>,
+    /// The data server started here, if any.
+    _data_process: Option<RedisProcess>,
+    whose: &'static str,
+}
+
+impl Servers {
+    /// The given servers, or throwaway ones started now.
+    fn new(options: &Options) -> Self {
+        if let Some(first) = options.urls.first() {
+            return Self {
+                lock_urls: options.urls.clone(),
+                data_url: options.data.clone().unwrap_or_else(|| first.clone()),
+                lock_processes: Vec::new(),
+                _data_process: None,
+                whose: "given",
+            };
+        }
+        let data = RedisProcess::start();
+        let data_url = data.url();
+        match options.quorum {
+            None => Self {
+                lock_urls: vec![data_url.clone()],
+                data_url,
+                lock_processes: Vec::new(),
+                _data_process: Some(data),
+                whose: "a throwaway redis-server",
+            },
+            Some(n) => {
+                let lock_processes: Vec<RedisProcess> =
+                    (0..n).map(|_| RedisProcess::start()).collect();
+                Self {
+                    lock_urls: lock_processes.iter().map(RedisProcess::url).collect(),
+                    data_url,
+                    lock_processes,
+                    _data_process: Some(data),
+                    whose: "throwaway redis-servers",
+                }
+            }
+        }
+    }
+
+    /// Whether this run kills a lock server: it started a quorum itself.
+    fn kills(&self) -> bool {
+        !self.lock_processes.is_empty()
+    }
+}
+
+/// `host:port` of a `redis://host:port` URL, for the shorter lines.
+fn short(url: &str) -> &str {
+    url.strip_prefix("redis://").unwrap_or(url)
+}
+
+/// The lock server killed during the run, and when.
+struct Kill {
+    server: usize,
+    address: String,
+    /// The trader whose first sale set it off.
+    after: usize,
+    /// Units sold (in the data server's sold lists) when it was killed, if they could be read.
+    sold_then: Option<u64>,
 }
 
 /// Whether an executable named `program` is in one of PATH's directories.
@@ -150,17 +322,57 @@ fn check_loopback(url: &str) -> Result<(), String> {
     }
 }
 
-/// Seeds the books, runs the traders, checks Redis; the summary, or every check that failed.
-fn run(url: &str, processes: usize) -> Result<String, Vec<String>> {
+/// Seeds the books, runs the traders (killing a lock server on the way if this run started a
+/// quorum), checks Redis; the summary, or every check that failed.
+fn run(servers: &mut Servers, processes: usize) -> Result<String, Vec<String>> {
     let prefix = run_prefix();
-    let mut con = connect(url).map_err(|e| vec![e])?;
+    let mut con = connect(&servers.data_url).map_err(|e| vec![e])?;
     seed(&mut con, &prefix).map_err(|e| vec![format!("seeding the books: {e}")])?;
 
+    let lock_urls = servers.lock_urls.join(",");
+    let data_url = servers.data_url.clone();
+    let mut kill = None;
+    let mut on_first_sale = |process: usize| {
+        if !servers.kills() || kill.is_some() {
+            return;
+        }
+        let sold_then = sold_so_far(&mut con, &prefix).ok();
+        let address = short(&servers.lock_urls[KILLED]).to_owned();
+        servers.lock_processes[KILLED].kill9();
+        let sold = sold_then.map_or("?".to_owned(), |n| n.to_string());
+        let left = servers.lock_urls.len() - 1;
+        println!(
+            "-- kill -9 lock server {KILLED} ({address}): trader {process} reported its first \
+             batch sold, {sold} of {} units sold so far; trading goes on with the other {left}",
+            STOCKS.len() * UNITS_PER_STOCK as usize
+        );
+        kill = Some(Kill {
+            server: KILLED,
+            address,
+            after: process,
+            sold_then,
+        });
+    };
     let started = Instant::now();
-    let traders = run_traders(url, &prefix, processes);
+    let traders = run_traders(
+        &lock_urls,
+        &data_url,
+        &prefix,
+        processes,
+        &mut on_first_sale,
+    );
     let elapsed = started.elapsed();
     let checked = check(&mut con, &prefix);
-    let cleaned = clean_up(&mut con, &prefix);
+    let mut cleaned = clean_up(&mut con, &prefix);
+    for (server, url) in servers.lock_urls.iter().enumerate() {
+        // The library's lock and token keys live on the lock servers (the killed one is gone).
+        let killed = kill.as_ref().is_some_and(|kill| kill.server == server);
+        if *url != data_url && !killed && cleaned.is_ok() {
+            cleaned = connect(url)
+                .map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "connect", e)))
+                .and_then(|mut con| clean_up(&mut con, &prefix));
+        }
+    }
 
     let (mut summary, found) =
         checked.map_err(|e| vec![format!("reading the books back from Redis: {e}")])?;
@@ -189,6 +401,40 @@ fn run(url: &str, processes: usize) -> Result<String, Vec<String>> {
     }
     if let Err(e) = cleaned {
         summary.push_str(&format!("  (could not delete the run's keys: {e})\n"));
+    }
+    if servers.lock_urls.len() > 1 || servers.lock_urls != [data_url.clone()] {
+        let n = servers.lock_urls.len();
+        let killed = match &kill {
+            Some(Kill {
+                server,
+                address,
+                after,
+                sold_then,
+            }) => {
+                let sold = sold_then.map_or("?".to_owned(), |n| n.to_string());
+                if *sold_then == Some(found.sold) {
+                    problems.push(format!(
+                        "lock server {server} was killed only after trading ended ({sold} units \
+                         sold)"
+                    ));
+                }
+                format!(
+                    "killed: lock server {server} ({address}) with kill -9, after trader \
+                     {after}'s first batch, at {sold} units sold, {} sold after it",
+                    sold_then.map_or("?".to_owned(), |n| found.sold.saturating_sub(n).to_string())
+                )
+            }
+            None if servers.kills() => {
+                problems.push("no trader reported a sale: no lock server was killed".into());
+                "killed: none".to_owned()
+            }
+            None => "killed: none (servers given)".to_owned(),
+        };
+        summary.push_str(&format!(
+            "  lock servers: {n}, {killed}; failed lock calls ridden out: {}; data server: {}\n",
+            all.unavailable,
+            short(&data_url)
+        ));
     }
     summary.push_str(&format!(
         "  processes: {processes}, threads: {}, units: {}, sold: {}, late writes refused: {}, \
@@ -253,15 +499,29 @@ impl Drop for Traders {
 }
 
 /// Starts the stalling trader, and the others once it has staged its stall; collects their
-/// reports. Bounded by `TRADERS_TIMEOUT` in all.
-fn run_traders(url: &str, prefix: &str, processes: usize) -> Result<Reports, Vec<String>> {
+/// reports, and calls `on_first_sale` with the trader's index on each `first-sale` line (in the
+/// order the lines arrive). Bounded by `TRADERS_TIMEOUT` in all.
+fn run_traders(
+    lock_urls: &str,
+    data_url: &str,
+    prefix: &str,
+    processes: usize,
+    on_first_sale: &mut dyn FnMut(usize),
+) -> Result<Reports, Vec<String>> {
     let deadline = Instant::now() + TRADERS_TIMEOUT;
     let exe = std::env::current_exe().map_err(|e| vec![format!("no path to this program: {e}")])?;
     let (events, received) = mpsc::channel();
     let spawn = |process: usize| -> Result<Child, String> {
         let stall = if process == 0 { "1" } else { "0" };
         let mut child = Command::new(&exe)
-            .args([TRADER_FLAG, url, &process.to_string(), prefix, stall])
+            .args([
+                TRADER_FLAG,
+                lock_urls,
+                data_url,
+                &process.to_string(),
+                prefix,
+                stall,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -292,7 +552,12 @@ fn run_traders(url: &str, prefix: &str, processes: usize) -> Result<Reports, Vec
                     traders.0.push(spawn(process).map_err(|e| vec![e])?);
                 }
             }
-            Ok(Event::Line(process, line)) => lines[process].push(line),
+            Ok(Event::Line(process, line)) => {
+                if line.split_whitespace().next() == Some(FIRST_SALE) {
+                    on_first_sale(process);
+                }
+                lines[process].push(line);
+            }
             Ok(Event::Closed(0)) if !ready => {
                 return Err(vec![format!(
                     "trader 0 ended before staging its stall: {}",
@@ -323,6 +588,7 @@ fn run_traders(url: &str, prefix: &str, processes: usize) -> Result<Reports, Vec
             let parsed = match line.split_whitespace().next() {
                 Some("report") => Tally::parse(line).map(|(p, tally)| tallies[p] = Some(tally)),
                 Some("stall") => StallReport::parse(line).map(|s| stall = Some(s)),
+                Some(FIRST_SALE) => Ok(()),
                 Some("error") => Err(format!("trader {process}: {line}")),
                 _ => Err(format!("trader {process} printed {line:?}")),
             };
@@ -407,6 +673,16 @@ fn check(con: &mut Connection, prefix: &str) -> redis::RedisResult<(String, Foun
         found.sold += sold.len() as u64;
     }
     Ok((summary, found))
+}
+
+/// Units in every stock's sold list, now.
+fn sold_so_far(con: &mut Connection, prefix: &str) -> redis::RedisResult<u64> {
+    let mut count = redis::pipe();
+    for symbol in STOCKS {
+        count.llen(sold_key(prefix, symbol));
+    }
+    let counts: Vec<u64> = count.query(con)?;
+    Ok(counts.iter().sum())
 }
 
 /// The summary line of the stall, or why it does not show what it should.

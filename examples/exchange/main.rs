@@ -6,7 +6,8 @@
 //! `cargo run --release --example exchange`; the process exits non-zero if any check fails.
 //!
 //! `cargo run --release --example exchange -- --redis [URL] [--processes N]` runs the exchange
-//! across processes instead, on a Redis server (see `across_processes.rs`).
+//! across processes instead, on a Redis server (see `across_processes.rs`); add `--quorum 3` to
+//! take the leases on a quorum of three lock servers, one of which is killed mid-run.
 
 mod across_processes;
 mod market;
@@ -29,7 +30,10 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some(redis_books::TRADER_FLAG) {
         return trader::main(&args[1..]);
     }
-    if args.iter().any(|arg| arg == "--redis") {
+    if args
+        .iter()
+        .any(|arg| matches!(arg.as_str(), "--redis" | "--quorum" | "--data"))
+    {
         return across_processes::main(&args);
     }
     let steps: [(&str, Step); 3] = [

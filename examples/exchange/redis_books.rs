@@ -23,6 +23,9 @@ pub const TRADER_FLAG: &str = "--trader";
 /// The line a stalling trader prints once it holds AAPL's lease and a batch: only then does the
 /// parent start the other traders, so the stall is staged before anyone else can trade.
 pub const READY: &str = "ready";
+/// The first word of the line a trader process prints once, when its first batch is sold: in the
+/// quorum mode the parent kills a lock server when it reads the first such line.
+pub const FIRST_SALE: &str = "first-sale";
 /// Bounds every call to the server (connect, send, and wait for the reply).
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -58,6 +61,9 @@ pub struct Tally {
     pub refused: u64,
     /// Releases that found the lease already ended or taken over.
     pub lost: u64,
+    /// Calls to a quorum of lock servers that failed (no majority answered, as while a server
+    /// was being killed): the thread tried again later. Always 0 on a single lock server.
+    pub unavailable: u64,
     /// The lowest and highest fencing token of the leases taken (`u64::MAX`, 0 when none).
     pub token_min: u64,
     pub token_max: u64,
@@ -70,6 +76,7 @@ impl Default for Tally {
             batches: 0,
             refused: 0,
             lost: 0,
+            unavailable: 0,
             token_min: u64::MAX,
             token_max: 0,
         }
@@ -89,6 +96,7 @@ impl Tally {
         self.batches += other.batches;
         self.refused += other.refused;
         self.lost += other.lost;
+        self.unavailable += other.unavailable;
         self.token_min = self.token_min.min(other.token_min);
         self.token_max = self.token_max.max(other.token_max);
     }
@@ -97,8 +105,14 @@ impl Tally {
     pub fn line(&self, process: usize) -> String {
         format!(
             "report process={process} threads={THREADS} sold={} batches={} refused={} lost={} \
-             token_min={} token_max={}",
-            self.sold, self.batches, self.refused, self.lost, self.token_min, self.token_max
+             unavailable={} token_min={} token_max={}",
+            self.sold,
+            self.batches,
+            self.refused,
+            self.lost,
+            self.unavailable,
+            self.token_min,
+            self.token_max
         )
     }
 
@@ -110,6 +124,7 @@ impl Tally {
             batches: f.get("batches")?,
             refused: f.get("refused")?,
             lost: f.get("lost")?,
+            unavailable: f.get("unavailable")?,
             token_min: f.get("token_min")?,
             token_max: f.get("token_max")?,
         };
@@ -131,7 +146,8 @@ pub struct StallReport {
     pub highest: u64,
     /// Whether the fenced late write was `refused` or `admitted`.
     pub write: String,
-    /// Whether the release found the lease `lost` or still `held`.
+    /// Whether the release found the lease `lost` or still `held` (or, on a quorum that did not
+    /// answer, `unknown`).
     pub release: String,
     /// How many of its units the newer holder had sold meanwhile, each exactly once.
     pub resold: usize,

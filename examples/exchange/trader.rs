@@ -1,5 +1,10 @@
 //! A trader process of the `--redis` mode, started by the parent as
-//! `exchange --trader <url> <process> <key prefix> <stall: 0|1>`.
+//! `exchange --trader <lock urls> <data url> <process> <key prefix> <stall: 0|1>`.
+//!
+//! `<lock urls>` is one URL, or several separated by commas: then the leases are taken on a
+//! quorum of those servers (`LockServer::quorum`). The books and the fenced ledgers live on the
+//! one server at `<data url>` (a fenced resource is data on one server, never on a quorum); with
+//! a single lock server it may be the same URL, and then one handle serves both.
 //!
 //! Its threads sell units from the books in Redis, one batch at a time: take the stock's
 //! `RedisLock` lease, *claim* the stock's `RedisFenced` ledger with the lease's token (an empty
@@ -16,8 +21,15 @@
 //! short TTL and reads a batch, then (in its first thread) sleeps past the lease until a newer
 //! holder has written AAPL's ledger — a holder that read the same units, still at the head of the
 //! book, and sold them. Its late write, which would sell them again, must be refused.
+//!
+//! On a quorum, a lock call can fail while a lock server dies (no majority answered in time, say
+//! when the two servers that granted a claim are asked to store the token and one of them is
+//! gone): the thread counts it, pauses, and tries again. Such a call moved no unit — only fenced
+//! writes do, on the data server — so trying again is safe. On a single server a lock error
+//! still ends the trader, as before.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,7 +37,9 @@ use fencelock_redis::redis::{self, Connection};
 use fencelock_redis::{Error, LockServer, RedisFenced, RedisLease, RedisLock};
 
 use crate::market::STOCKS;
-use crate::redis_books::{book_key, connect, sold_key, StallReport, Tally, BATCH, READY, THREADS};
+use crate::redis_books::{
+    book_key, connect, sold_key, StallReport, Tally, BATCH, FIRST_SALE, READY, THREADS,
+};
 
 /// Long enough that a trader that is not stalled on purpose never outlives its lease.
 const LEASE: Duration = Duration::from_secs(2);
@@ -41,6 +55,8 @@ const THREAD_DEADLINE: Duration = Duration::from_secs(40);
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 /// How often the stalled trader looks at the ledger while it waits.
 const STALL_POLL: Duration = Duration::from_millis(5);
+/// The pause after a quorum's lock call failed, before the thread tries again.
+const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(10);
 
 /// The stock whose trader stalls.
 const STALLED_STOCK: usize = 0;
@@ -56,46 +72,79 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-/// One process's handles: a `LockServer` shared by every thread, a lock and a ledger per stock.
+/// One process's handles, shared by every thread: a lock per stock on the lock server (one server
+/// or a quorum), a ledger per stock on the data server.
 struct Desk {
+    /// The data server: books, sales and ledgers.
     url: String,
     prefix: String,
+    process: usize,
+    /// Whether the locks live on a quorum, whose lock calls may fail while a server dies.
+    quorum: bool,
     locks: Vec<RedisLock>,
     ledgers: Vec<RedisFenced>,
+    /// Whether this process has printed its `first-sale` line.
+    first_sale: AtomicBool,
 }
 
 impl Desk {
+    /// Whether a lock call's error is one to ride out: a server error on a quorum.
+    fn rides_out(&self, error: &Error) -> bool {
+        self.quorum && matches!(error, Error::Redis(_))
+    }
+
+    /// Prints the `first-sale` line, once per process, after `units` were sold from `stock`.
+    fn sold(&self, stock: usize, units: usize) {
+        if !self.first_sale.swap(true, Relaxed) {
+            println!(
+                "{FIRST_SALE} process={} stock={} units={units}",
+                self.process, STOCKS[stock]
+            );
+        }
+    }
+
     fn book(&self, stock: usize) -> String {
         book_key(&self.prefix, STOCKS[stock])
     }
 
-    fn sold(&self, stock: usize) -> String {
+    fn sold_list(&self, stock: usize) -> String {
         sold_key(&self.prefix, STOCKS[stock])
     }
 }
 
 fn run(args: &[String]) -> Result<(), String> {
-    let [url, process, prefix, stall] = args else {
+    let [lock_urls, data_url, process, prefix, stall] = args else {
         return Err(format!(
-            "expected <url> <process> <prefix> <stall>, got {args:?}"
+            "expected <lock urls> <data url> <process> <prefix> <stall>, got {args:?}"
         ));
     };
     let process: usize = process.parse().map_err(|_| "bad process index")?;
-    let server = LockServer::builder()
-        .key_prefix(prefix.as_str())
-        .open(url)
-        .map_err(|e| e.to_string())?;
+    let lock_urls: Vec<&str> = lock_urls.split(',').collect();
+    let builder = || LockServer::builder().key_prefix(prefix.as_str());
+    let lock_server = match lock_urls.as_slice() {
+        [url] => builder().open(url),
+        urls => builder().quorum(urls),
+    }
+    .map_err(|e| e.to_string())?;
+    let data_server = if lock_urls == [data_url.as_str()] {
+        lock_server.clone() // one server keeps both, as in the single-server mode
+    } else {
+        builder().open(data_url).map_err(|e| e.to_string())?
+    };
     let desk = Desk {
-        url: url.clone(),
+        url: data_url.clone(),
         prefix: prefix.clone(),
+        process,
+        quorum: lock_server.servers() > 1,
         locks: STOCKS
             .iter()
-            .map(|stock| server.lock(stock).map_err(|e| e.to_string()))
+            .map(|stock| lock_server.lock(stock).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?,
         ledgers: STOCKS
             .iter()
-            .map(|stock| server.fenced(stock).map_err(|e| e.to_string()))
+            .map(|stock| data_server.fenced(stock).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?,
+        first_sale: AtomicBool::new(false),
     };
 
     let mut staged = match stall.as_str() {
@@ -186,9 +235,15 @@ fn sell_batch(
     stock: usize,
     tally: &mut Tally,
 ) -> Result<Batch, String> {
-    let lease = desk.locks[stock]
-        .acquire_timeout(LEASE, ACQUIRE_WAIT)
-        .map_err(|e| e.to_string())?;
+    let lease = match desk.locks[stock].acquire_timeout(LEASE, ACQUIRE_WAIT) {
+        Ok(lease) => lease,
+        Err(e) if desk.rides_out(&e) => {
+            tally.unavailable += 1;
+            thread::sleep(UNAVAILABLE_PAUSE);
+            return Ok(Batch::NotNow);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let Some(lease) = lease else {
         return Ok(Batch::NotNow);
     };
@@ -203,12 +258,13 @@ fn sell_batch(
         } else if fenced_write(ledger, &lease, &sale(desk, stock, &units), tally)? {
             tally.sold += units.len() as u64;
             tally.batches += 1;
+            desk.sold(stock, units.len());
             Batch::Sold
         } else {
             Batch::NotNow
         }
     };
-    release(lease, tally)?;
+    release(desk, lease, tally)?;
     Ok(batch)
 }
 
@@ -226,7 +282,7 @@ fn read_batch(con: &mut Connection, book: &str) -> Result<Vec<u32>, String> {
 /// holds: `LREM` of a unit already gone does nothing, but `RPUSH` would record it sold again —
 /// which is why these commands run only inside a fenced write.
 fn sale(desk: &Desk, stock: usize, units: &[u32]) -> redis::Pipeline {
-    let (book, sold) = (desk.book(stock), desk.sold(stock));
+    let (book, sold) = (desk.book(stock), desk.sold_list(stock));
     let mut sale = redis::pipe();
     for unit in units {
         sale.cmd("LREM").arg(&book).arg(1).arg(unit);
@@ -253,14 +309,29 @@ fn fenced_write(
     }
 }
 
-/// Releases a lease: `true` if it was still held, `false` (counted) if it had been lost.
-fn release(lease: RedisLease, tally: &mut Tally) -> Result<bool, String> {
+/// What a release found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Released {
+    /// The lease was still held.
+    Held,
+    /// It had ended, or been taken over (counted).
+    Lost,
+    /// A quorum did not answer (counted): the lease ends by its TTL.
+    Unknown,
+}
+
+/// Releases a lease, and says what the release found.
+fn release(desk: &Desk, lease: RedisLease, tally: &mut Tally) -> Result<Released, String> {
     let name = lease.name().to_owned();
     match lease.release() {
-        Ok(()) => Ok(true),
+        Ok(()) => Ok(Released::Held),
         Err(Error::Lost(_)) => {
             tally.lost += 1;
-            Ok(false)
+            Ok(Released::Lost)
+        }
+        Err(e) if desk.rides_out(&e) => {
+            tally.unavailable += 1;
+            Ok(Released::Unknown)
         }
         Err(e) => Err(format!("releasing {name}: {e}")),
     }
@@ -321,8 +392,8 @@ impl Staged {
             tally.sold += units.len() as u64;
             tally.batches += 1;
         }
-        let held = release(lease, tally)?;
-        let sold = desk.sold(STALLED_STOCK);
+        let released = release(desk, lease, tally)?;
+        let sold = desk.sold_list(STALLED_STOCK);
         let mut resold = 0;
         for unit in &units {
             let places: Vec<u64> = redis::cmd("LPOS")
@@ -341,7 +412,12 @@ impl Staged {
             units: units.len(),
             highest,
             write: if admitted { "admitted" } else { "refused" }.into(),
-            release: if held { "held" } else { "lost" }.into(),
+            release: match released {
+                Released::Held => "held",
+                Released::Lost => "lost",
+                Released::Unknown => "unknown",
+            }
+            .into(),
             resold,
         })
     }

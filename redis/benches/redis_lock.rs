@@ -7,6 +7,9 @@
 //!   through one `LockServer`; `raw_private_connections` = the two raw round trips, each thread
 //!   on a connection of its own. Time per iteration = every thread doing one op.
 //!
+//! - `quorum/*`: acquire + release on one server (`single`), on a quorum of 3 (`quorum_3`), and on
+//!   a quorum of 3 with one server paused by SIGSTOP (`quorum_3_one_paused`), in one run.
+//!
 //! Run: `cargo bench -p fencelock-redis --bench redis_lock`. The machine has 2 cores: 8 threads
 //! (plus the server) are oversubscribed, and the ratio is what to read, not the absolute times.
 
@@ -121,6 +124,29 @@ fn benches(c: &mut Criterion) {
             .elapsed()
         });
     });
+    group.finish();
+
+    let three: Vec<_> = (0..3).map(|_| server::RedisProcess::start()).collect();
+    let urls: Vec<String> = three.iter().map(server::RedisProcess::url).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let quorum = LockServer::quorum(&urls).unwrap();
+    let mut group = c.benchmark_group("quorum");
+    let single = handle.lock("quorum-bench").unwrap();
+    let of_three = quorum.lock("quorum-bench").unwrap();
+    let acquire_release = |lock: &fencelock_redis::RedisLock| {
+        let lease = lock.try_acquire(TTL);
+        let lease = lease.unwrap_or_else(|e| panic!("acquire: {e}"));
+        let lease = lease.expect("the lock is free");
+        lease.release().unwrap_or_else(|e| panic!("release: {e}"));
+    };
+    group.bench_function("single", |b| b.iter(|| acquire_release(&single)));
+    group.bench_function("quorum_3", |b| b.iter(|| acquire_release(&of_three)));
+    let mut three = three;
+    three[2].pause();
+    group.bench_function("quorum_3_one_paused", |b| {
+        b.iter(|| acquire_release(&of_three));
+    });
+    three[2].resume();
     group.finish();
 }
 

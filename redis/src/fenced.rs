@@ -5,8 +5,9 @@ use std::fmt;
 use fencelock::FencingToken;
 
 use crate::error::Error;
+use crate::node::Resend;
 use crate::protocol;
-use crate::server::{LockServer, Resend};
+use crate::server::LockServer;
 
 /// The resource side of fencing, in Redis: a write carries a [`FencingToken`] and a pipeline of
 /// commands; the commands run only if the token is at least the highest admitted so far.
@@ -100,9 +101,12 @@ impl RedisFenced {
     /// # Errors
     /// [`Error::Redis`] if the server does not answer.
     pub fn highest(&self) -> Result<FencingToken, Error> {
-        let reply = self.server.with_connection(Resend::IfStale, |con| {
-            redis::cmd("GET").arg(&self.key).query::<redis::Value>(con)
-        })?;
+        let reply = self
+            .server
+            .single()
+            .with_connection(Resend::IfStale, |con| {
+                redis::cmd("GET").arg(&self.key).query::<redis::Value>(con)
+            })?;
         protocol::decode_highest(&reply)
     }
 }

@@ -66,8 +66,10 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 mod error;
+mod fanout;
 mod fenced;
 mod lock;
+mod node;
 mod protocol;
 mod server;
 

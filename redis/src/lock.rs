@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use fencelock::{FencingToken, LeaseLost};
 
 use crate::error::{Error, InvalidInput};
+use crate::node::Resend;
+use crate::protocol::quorum::{ClaimOutcome, ClaimTally, HolderTally, MajorityOutcome, StoreTally};
 use crate::protocol::{self, Holder, LockKeys, Nonce};
-use crate::server::{LockServer, Resend};
+use crate::server::LockServer;
 
 /// One named resource's lock on a Redis server: leases that end by themselves, each carrying a
 /// [`FencingToken`] larger than every earlier one.
@@ -46,6 +48,17 @@ impl RedisLock {
     /// [`Error::Redis`] if the URL does not parse, [`Error::InvalidInput`] for a bad name.
     pub fn open(url: &str, name: &str) -> Result<Self, Error> {
         LockServer::open(url)?.lock(name)
+    }
+
+    /// The lock `name` on a quorum of the independent servers at `urls` (an odd number), with
+    /// default settings: the shortcut for one resource; see [`LockServer::quorum`]. A quorum of
+    /// one is [`open`](Self::open).
+    ///
+    /// # Errors
+    /// [`Error::Redis`] if a URL does not parse; [`Error::InvalidInput`] for an empty or even
+    /// list, the same server twice, or a bad name.
+    pub fn quorum(urls: &[&str], name: &str) -> Result<Self, Error> {
+        LockServer::quorum(urls)?.lock(name)
     }
 
     /// The lock `name` on the server `client` points at, with default settings.
@@ -131,6 +144,15 @@ impl RedisLock {
 
     fn attempt(&self, ttl: Duration) -> Result<Attempt, Error> {
         let ttl_ms = protocol::ttl_millis(ttl)?;
+        if self.server.servers() == 1 {
+            self.attempt_single(ttl, ttl_ms)
+        } else {
+            self.attempt_quorum(ttl, ttl_ms)
+        }
+    }
+
+    /// One server: one script, one round trip.
+    fn attempt_single(&self, ttl: Duration, ttl_ms: u64) -> Result<Attempt, Error> {
         let nonce = Nonce::new();
         let call = protocol::acquire([&*self.keys], &nonce, ttl_ms);
         let sent = Instant::now();
@@ -139,12 +161,63 @@ impl RedisLock {
         let Some(tokens) = protocol::decode_acquire(&reply, 1)? else {
             return Ok(Attempt::Held);
         };
-        let lease = RedisLease::granted(self, &nonce, tokens[0], ttl, sent);
+        let lease = RedisLease::granted(self, nonce, tokens[0], protocol::valid_until(sent, ttl));
         if lease.is_valid() {
             Ok(Attempt::Granted(lease))
         } else {
             // Dropping it releases the grant nobody can use.
             Ok(Attempt::TooSlow)
+        }
+    }
+
+    /// A quorum: claim the key on every server (round 1), then store the token where the claim
+    /// is still ours (round 2); see [`protocol::quorum`] for why tokens still only grow.
+    fn attempt_quorum(&self, ttl: Duration, ttl_ms: u64) -> Result<Attempt, Error> {
+        let (server, keys) = (&self.server, &self.keys);
+        let n = server.servers();
+        let nonce = Nonce::new();
+        let sent = Instant::now();
+        let valid_until = protocol::valid_until(sent, ttl);
+        let claimed = server.round(
+            0..n,
+            |_| protocol::claim(keys, &nonce, ttl_ms),
+            server.round_deadline(valid_until),
+            ClaimTally::new(n),
+        );
+        let (token, granted) = match claimed {
+            ClaimOutcome::Majority { token, granted } => (token, granted),
+            ClaimOutcome::Held => {
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
+                return Ok(Attempt::Held);
+            }
+            ClaimOutcome::Unavailable(error) => {
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
+                return Err(error);
+            }
+        };
+        let stored = server.round(
+            granted.iter().copied(),
+            |_| protocol::store(keys, &nonce, token),
+            server.round_deadline(valid_until),
+            StoreTally::new(n, granted.len()),
+        );
+        match stored {
+            MajorityOutcome::Done => {
+                let lease = RedisLease::granted(self, nonce, token, valid_until);
+                if lease.is_valid() {
+                    return Ok(Attempt::Granted(lease));
+                }
+                // Dropping it releases the grant nobody can use.
+                Ok(Attempt::TooSlow)
+            }
+            MajorityOutcome::Lost(_) => {
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
+                Ok(Attempt::TooSlow)
+            }
+            MajorityOutcome::Unavailable(error) => {
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
+                Err(error)
+            }
         }
     }
 }
@@ -187,7 +260,7 @@ impl fmt::Debug for RedisLock {
 pub struct RedisLease {
     server: LockServer,
     keys: Arc<LockKeys>,
-    value: String,
+    nonce: Nonce,
     token: FencingToken,
     valid_until: Instant,
     /// Still to be released: false after `release`, or once the server said it is not ours.
@@ -195,19 +268,13 @@ pub struct RedisLease {
 }
 
 impl RedisLease {
-    fn granted(
-        lock: &RedisLock,
-        nonce: &Nonce,
-        token: FencingToken,
-        ttl: Duration,
-        sent: Instant,
-    ) -> Self {
+    fn granted(lock: &RedisLock, nonce: Nonce, token: FencingToken, valid_until: Instant) -> Self {
         Self {
             server: lock.server.clone(),
             keys: Arc::clone(&lock.keys),
-            value: protocol::lease_value(nonce, token),
+            nonce,
             token,
-            valid_until: protocol::valid_until(sent, ttl),
+            valid_until,
             held: true,
         }
     }
@@ -259,15 +326,56 @@ impl RedisLease {
         if !self.held {
             return Err(Error::Lost(LeaseLost::Expired));
         }
-        let call = protocol::renew(&self.keys, &self.value, ttl_ms);
         let sent = Instant::now();
-        let (reply, _) = self.server.invoke(&call, Resend::IfStale)?;
-        let outcome = protocol::decode_holder(&reply)?.into_result();
+        let outcome = if self.server.servers() == 1 {
+            let call = protocol::renew(&self.keys, &self.nonce, ttl_ms);
+            let (reply, _) = self.server.invoke(&call, Resend::IfStale)?;
+            protocol::decode_holder(&reply)?.into_result()
+        } else {
+            self.renew_quorum(ttl_ms, sent)
+        };
         match outcome {
             Ok(()) => self.valid_until = protocol::valid_until(sent, ttl),
-            Err(_) => self.held = false,
+            Err(Error::Lost(_)) => self.lose(),
+            Err(_) => {}
         }
         outcome
+    }
+
+    /// A quorum renewal counts only if a majority renewed before the validity left ran out.
+    fn renew_quorum(&mut self, ttl_ms: u64, sent: Instant) -> Result<(), Error> {
+        if sent >= self.valid_until {
+            // Too late to renew: the lease is lost. Release it everywhere, which also tells
+            // whether a newer acquisition holds the lock.
+            self.held = false;
+            return match self.release_quorum() {
+                Err(Error::Lost(lost)) => Err(Error::Lost(lost)),
+                _ => Err(Error::Lost(LeaseLost::Expired)),
+            };
+        }
+        let (keys, nonce, n) = (&self.keys, &self.nonce, self.server.servers());
+        let renewed = self.server.round(
+            0..n,
+            |_| protocol::renew(keys, nonce, ttl_ms),
+            self.server.round_deadline(self.valid_until),
+            HolderTally::new(n, self.token),
+        );
+        match renewed {
+            MajorityOutcome::Done if Instant::now() < self.valid_until => Ok(()),
+            MajorityOutcome::Done => Err(Error::Lost(LeaseLost::Expired)),
+            MajorityOutcome::Lost(lost) => Err(Error::Lost(lost)),
+            MajorityOutcome::Unavailable(error) => Err(error),
+        }
+    }
+
+    /// The lease is lost: free what is left of it everywhere, in the background.
+    fn lose(&mut self) {
+        self.held = false;
+        if self.server.servers() > 1 {
+            let (keys, nonce) = (&self.keys, &self.nonce);
+            self.server
+                .send_and_forget(|_| protocol::release(keys, nonce));
+        }
     }
 
     /// Releases the lock (one round trip) and says whether the lease was still held.
@@ -285,7 +393,10 @@ impl RedisLease {
             return Err(Error::Lost(LeaseLost::Expired));
         }
         self.held = false;
-        let call = protocol::release(&self.keys, &self.value);
+        if self.server.servers() > 1 {
+            return self.release_quorum();
+        }
+        let call = protocol::release(&self.keys, &self.nonce);
         let (reply, resent) = self.server.invoke(&call, Resend::IfStale)?;
         match protocol::decode_holder(&reply)? {
             // Sent twice, the first may have deleted the key: either way the lock is free and
@@ -296,10 +407,35 @@ impl RedisLease {
     }
 }
 
+impl RedisLease {
+    /// Releases on every server; decided by a majority.
+    fn release_quorum(&self) -> Result<(), Error> {
+        let (keys, nonce, n) = (&self.keys, &self.nonce, self.server.servers());
+        let released = self.server.round(
+            0..n,
+            |_| protocol::release(keys, nonce),
+            self.server
+                .round_deadline(Instant::now() + protocol::MAX_TTL),
+            HolderTally::new(n, self.token),
+        );
+        match released {
+            MajorityOutcome::Done => Ok(()),
+            MajorityOutcome::Lost(lost) => Err(Error::Lost(lost)),
+            MajorityOutcome::Unavailable(error) => Err(error),
+        }
+    }
+}
+
 impl Drop for RedisLease {
     fn drop(&mut self) {
-        if self.held {
-            // Best effort: an error leaves the lock to end by its TTL.
+        if !self.held {
+            return;
+        }
+        if self.server.servers() > 1 {
+            // Best effort, without waiting: the workers send the releases.
+            self.lose();
+        } else {
+            // Best effort, bounded by the timeouts: an error leaves the lock to end by its TTL.
             let _ = self.release_once();
         }
     }
@@ -335,6 +471,14 @@ pub fn try_acquire_all(
         return Ok(Some(Vec::new()));
     };
     for (i, lock) in locks.iter().enumerate() {
+        if lock.server.servers() > 1 {
+            return Err(InvalidInput::new(format!(
+                "try_acquire_all: {:?} is a quorum lock; taking several quorum locks at once is \
+                 not supported (acquire them one by one, in a fixed order)",
+                lock.name()
+            ))
+            .into());
+        }
         if !lock.server.same_server(&first.server) {
             return Err(InvalidInput::new(format!(
                 "try_acquire_all: {:?} and {:?} are on different servers; one script can only \
@@ -365,7 +509,9 @@ pub fn try_acquire_all(
     let leases: Vec<RedisLease> = locks
         .iter()
         .zip(tokens)
-        .map(|(lock, token)| RedisLease::granted(lock, &nonce, token, ttl, sent))
+        .map(|(lock, token)| {
+            RedisLease::granted(lock, nonce.clone(), token, protocol::valid_until(sent, ttl))
+        })
         .collect();
     if leases.iter().all(RedisLease::is_valid) {
         Ok(Some(leases))

@@ -1,36 +1,28 @@
-//! [`LockServer`]: one Redis server's connections and settings, shared by every lock made from it.
+//! [`LockServer`]: the lock server — one Redis server, or a quorum of independent ones — with its
+//! connections and settings, shared by every lock made from it.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, ScriptInvocation, Value};
+use redis::{Client, Value};
+
+use crate::fanout::{self, Sockets};
 
 use crate::error::{Error, InvalidInput};
-use crate::protocol;
+use crate::node::{Node, Resend};
+use crate::protocol::{self, quorum::Tally, Request};
 use crate::{RedisFenced, RedisLock};
 
-/// Connections kept open for reuse; more are opened when more threads call at once, and closed
-/// when they come back to a full pool.
-const MAX_IDLE_CONNECTIONS: usize = 64;
-
-/// Whether a request may be sent a second time when its reused connection turned out closed
-/// (the server restarted since it was last used, say) — where the first send may or may not
-/// have reached the server before it went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Resend {
-    /// The request has the same effect sent twice (acquire with one nonce, renew, release, reads).
-    IfStale,
-    /// It does not (a fenced write runs arbitrary commands): the error goes to the caller.
-    Never,
-}
-
-/// A handle to one Redis server used as a lock server: its connections and settings.
+/// A handle to the lock server: one Redis server, or a quorum of `2f + 1` independent ones of
+/// which any `f` may fail ([`quorum`](Self::quorum)). Its connections and settings.
 ///
 /// Cheap to clone (an `Arc`); every [`RedisLock`] and [`RedisFenced`] made from it shares its
 /// connection pool, and making one for a new name opens nothing. Connections are opened lazily,
 /// one per concurrent caller at most, reused afterwards, and dropped after any error, so the next
-/// call reconnects (a server that restarts needs no new handle).
+/// call reconnects (a server that restarts needs no new handle). On a quorum, requests go to
+/// every server at once through a few worker threads per server (at most 16, started on demand,
+/// ended after 10 s idle), and a call returns as soon as its outcome is decided.
 ///
 /// ```
 /// # #[path = "../tests/support/server.rs"] mod server;
@@ -55,9 +47,11 @@ pub struct LockServer {
 }
 
 struct Inner {
-    client: Client,
+    /// One server, or an odd number of them (a quorum).
+    nodes: Vec<Node>,
+    /// For a quorum, each server's non-blocking sockets (empty for a single server).
+    sockets: Vec<Sockets>,
     settings: Settings,
-    idle: Mutex<Vec<Connection>>,
 }
 
 /// The settings a [`LockServerBuilder`] validated.
@@ -143,6 +137,73 @@ impl LockServerBuilder {
     /// [`Error::InvalidInput`] for a bad setting.
     #[allow(clippy::new_ret_no_self, clippy::wrong_self_convention)]
     pub fn new(self, client: Client) -> Result<LockServer, Error> {
+        self.quorum_of(vec![client])
+    }
+
+    /// A handle to a quorum of independent servers at `urls` (an odd number; a lease needs a
+    /// majority of them); connects lazily. A quorum of one is [`open`](Self::open).
+    ///
+    /// # Errors
+    /// [`Error::Redis`] if a URL does not parse; [`Error::InvalidInput`] for an empty or even
+    /// list, the same server twice, or a bad setting.
+    pub fn quorum(self, urls: &[&str]) -> Result<LockServer, Error> {
+        let clients = urls
+            .iter()
+            .map(|url| Client::open(*url))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.quorum_of(clients)
+    }
+
+    /// A handle to a quorum of the servers `clients` point at; as [`quorum`](Self::quorum).
+    ///
+    /// # Errors
+    /// As [`quorum`](Self::quorum).
+    pub fn quorum_of(self, clients: Vec<Client>) -> Result<LockServer, Error> {
+        self.validate()?;
+        if clients.is_empty() || clients.len().is_multiple_of(2) {
+            return Err(InvalidInput::new(format!(
+                "a quorum needs an odd number of servers (1, 3, 5, ...), not {}: with an even \
+                 number, half of them failing stops it as surely as one more would",
+                clients.len()
+            ))
+            .into());
+        }
+        let s = &self.settings;
+        let sockets = if clients.len() > 1 {
+            clients
+                .iter()
+                .map(|client| Sockets::new(client.get_connection_info(), s.connect_timeout))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let nodes: Vec<Node> = clients
+            .into_iter()
+            .map(|client| Node::new(client, s.connect_timeout, s.io_timeout))
+            .collect();
+        for (i, node) in nodes.iter().enumerate() {
+            if let Some(j) = nodes[..i]
+                .iter()
+                .position(|other| other.identity() == node.identity())
+            {
+                return Err(InvalidInput::new(format!(
+                    "the server {} is named twice in the quorum (positions {j} and {i}): a \
+                     quorum needs independent servers",
+                    node.identity().0
+                ))
+                .into());
+            }
+        }
+        Ok(LockServer {
+            inner: Arc::new(Inner {
+                nodes,
+                sockets,
+                settings: self.settings,
+            }),
+        })
+    }
+
+    fn validate(&self) -> Result<(), Error> {
         let s = &self.settings;
         for (what, timeout) in [
             ("connect timeout", s.connect_timeout),
@@ -162,14 +223,7 @@ impl LockServerBuilder {
             ))
             .into());
         }
-        protocol::check_prefix(&s.key_prefix)?;
-        Ok(LockServer {
-            inner: Arc::new(Inner {
-                client,
-                settings: self.settings,
-                idle: Mutex::new(Vec::new()),
-            }),
-        })
+        protocol::check_prefix(&s.key_prefix)
     }
 }
 
@@ -195,6 +249,29 @@ impl LockServer {
         Self::builder().new(client)
     }
 
+    /// A handle to a quorum of the independent servers at `urls`, with the default settings;
+    /// see [`LockServerBuilder::quorum`].
+    ///
+    /// # Errors
+    /// As [`LockServerBuilder::quorum`].
+    pub fn quorum(urls: &[&str]) -> Result<Self, Error> {
+        Self::builder().quorum(urls)
+    }
+
+    /// A handle to a quorum of the servers `clients` point at, with the default settings.
+    ///
+    /// # Errors
+    /// As [`LockServerBuilder::quorum`].
+    pub fn quorum_of(clients: Vec<Client>) -> Result<Self, Error> {
+        Self::builder().quorum_of(clients)
+    }
+
+    /// How many servers this handle spreads each lease over (1 for a single server).
+    #[must_use]
+    pub fn servers(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
     /// The lock named `name` on this server. Opens nothing.
     ///
     /// # Errors
@@ -206,129 +283,95 @@ impl LockServer {
 
     /// The fenced resource named `name` on this server. Opens nothing.
     ///
+    /// A fenced resource is data on *one* server, so a quorum handle has none: open a handle to
+    /// the server that keeps the resource. Tokens from a quorum's leases work there as any.
+    ///
     /// # Errors
-    /// As [`lock`](Self::lock).
+    /// As [`lock`](Self::lock); [`Error::InvalidInput`] on a quorum.
     pub fn fenced(&self, name: &str) -> Result<RedisFenced, Error> {
+        if self.servers() > 1 {
+            return Err(InvalidInput::new(
+                "a fenced resource lives on one server, not on a quorum: open a LockServer for \
+                 the server that keeps the resource and call fenced() there",
+            )
+            .into());
+        }
         RedisFenced::on(self.clone(), name)
     }
 
-    /// Checks that the server answers (`PING`), within the timeouts.
+    /// Checks that the server (on a quorum: a majority of the servers) answers `PING`, within
+    /// the timeouts.
     ///
     /// # Errors
     /// [`Error::Redis`] if it does not.
     pub fn ping(&self) -> Result<(), Error> {
-        self.with_connection(Resend::IfStale, |con| redis::cmd("PING").query::<()>(con))
+        let mut answered = 0;
+        let mut last_error = None;
+        for node in &self.inner.nodes {
+            match node.with_connection(Resend::IfStale, |con| redis::cmd("PING").query::<()>(con)) {
+                Ok(()) => answered += 1,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match last_error {
+            Some(e) if answered < protocol::quorum::majority(self.servers()) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.inner.settings
     }
 
-    /// Whether `self` and `other` talk to the same server and database.
+    /// Whether `self` and `other` are single servers, and the same server and database.
     pub(crate) fn same_server(&self, other: &Self) -> bool {
-        if Arc::ptr_eq(&self.inner, &other.inner) {
-            return true;
+        match (self.inner.nodes.as_slice(), other.inner.nodes.as_slice()) {
+            ([a], [b]) => a.identity() == b.identity(),
+            _ => false,
         }
-        let (a, b) = (
-            self.inner.client.get_connection_info(),
-            other.inner.client.get_connection_info(),
-        );
-        a.addr().to_string() == b.addr().to_string()
-            && a.redis_settings().db() == b.redis_settings().db()
     }
 
-    /// Runs one script request and returns its raw reply, for the protocol to decode, and
-    /// whether it was sent twice (see [`Resend`]).
-    pub(crate) fn invoke(
+    /// The one server of a single-server handle; the first of a quorum.
+    pub(crate) fn single(&self) -> &Node {
+        &self.inner.nodes[0]
+    }
+
+    /// Runs one script request on the single server and returns its raw reply, and whether it
+    /// was sent twice.
+    pub(crate) fn invoke(&self, call: &Request, resend: Resend) -> Result<(Value, bool), Error> {
+        self.single().invoke(call, resend)
+    }
+
+    /// One round of a quorum: `request(server)` to each server in `servers` at once, the
+    /// replies fed to `tally` until it decides or `deadline` passes.
+    pub(crate) fn round<T: Tally>(
         &self,
-        call: &ScriptInvocation<'_>,
-        resend: Resend,
-    ) -> Result<(Value, bool), Error> {
-        let mut sends = 0;
-        let reply = self.with_connection(resend, |con| {
-            sends += 1;
-            call.invoke::<Value>(con)
-        })?;
-        Ok((reply, sends > 1))
+        servers: impl IntoIterator<Item = usize>,
+        request: impl Fn(usize) -> Request,
+        deadline: Instant,
+        tally: T,
+    ) -> T::Outcome {
+        fanout::round(&self.inner.sockets, servers, request, deadline, tally)
     }
 
-    /// Runs `request` on a pooled connection (opening one if none is idle).
-    ///
-    /// The connection goes back to the pool only after a success: after any error its state is
-    /// unknown (a reply may still be in flight), so it is dropped. A connection-level error (I/O,
-    /// timeout) drops every idle connection too — they share the server's fate (a restart, a
-    /// pause) — so the next call reconnects. With [`Resend::IfStale`], a request that failed on
-    /// a *reused* connection that turned out closed (not timed out) is sent once more on a fresh
-    /// one: that is how the first call after a server restart succeeds.
-    pub(crate) fn with_connection<T>(
-        &self,
-        resend: Resend,
-        mut request: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, Error> {
-        let pooled = self.idle().pop();
-        let reused = pooled.is_some();
-        let mut con = match pooled {
-            Some(con) => con,
-            None => self.connect()?,
-        };
-        let error = match request(&mut con) {
-            Ok(reply) => {
-                self.give_back(con);
-                return Ok(reply);
-            }
-            Err(error) => error,
-        };
-        drop(con);
-        let connection_failed =
-            error.is_io_error() || error.is_timeout() || error.is_connection_dropped();
-        if connection_failed {
-            self.idle().clear();
-        }
-        let closed = error.is_connection_dropped() && !error.is_timeout();
-        if !(reused && closed && resend == Resend::IfStale) {
-            return Err(error.into());
-        }
-        let mut con = self.connect()?;
-        let reply = request(&mut con)?;
-        self.give_back(con);
-        Ok(reply)
+    /// Sends `request` to every server of the quorum and does not wait for the replies
+    /// (best-effort cleanup).
+    pub(crate) fn send_and_forget(&self, request: impl Fn(usize) -> Request) {
+        fanout::send_and_forget(&self.inner.sockets, request);
     }
 
-    fn give_back(&self, con: Connection) {
-        let mut idle = self.idle();
-        if idle.len() < MAX_IDLE_CONNECTIONS {
-            idle.push(con);
-        }
-    }
-
-    #[cold]
-    fn connect(&self) -> Result<Connection, Error> {
-        let s = &self.inner.settings;
-        let con = self
-            .inner
-            .client
-            .get_connection_with_timeout(s.connect_timeout)?;
-        con.set_read_timeout(Some(s.io_timeout))?;
-        con.set_write_timeout(Some(s.io_timeout))?;
-        Ok(con)
-    }
-
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
-        // The pool holds no invariant a panic could break: a poisoned one is still a pool.
-        self.inner
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// The longest a caller waits for one round of a quorum: the I/O timeout, and never past
+    /// `valid_until` (after which the round's result is worthless).
+    pub(crate) fn round_deadline(&self, valid_until: Instant) -> Instant {
+        (Instant::now() + self.inner.settings.io_timeout).min(valid_until)
     }
 }
 
 impl fmt::Debug for LockServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let servers: Vec<String> = self.inner.nodes.iter().map(|n| n.identity().0).collect();
         f.debug_struct("LockServer")
-            .field(
-                "addr",
-                &self.inner.client.get_connection_info().addr().to_string(),
-            )
+            .field("servers", &servers)
             .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
     }

@@ -12,12 +12,16 @@ use support::{behaviour, handle, raw, RedisProcess};
 
 /// One `#[test]` per shared body, each on a server of its own.
 macro_rules! on_one_server {
-    ($($body:ident $(($url:ident))?),* $(,)?) => {$(
+    ($($body:ident),* $(,)?) => {$(
         #[test]
         fn $body() {
             let redis = RedisProcess::start();
-            let server = handle(&redis);
-            behaviour::$body(&server $(, &redis.$url())?);
+            let url = redis.url();
+            behaviour::$body(&behaviour::Setup {
+                locks: handle(&redis),
+                data: handle(&redis),
+                reopen: Box::new(move || LockServer::open(&url).unwrap()),
+            });
         }
     )*};
 }
@@ -33,8 +37,8 @@ on_one_server!(
     acquire_timeout_picks_up_a_release,
     acquire_timeout_takes_over_an_expired_lease,
     acquire_timeout_gives_up_on_time,
-    threads_never_overlap_and_tokens_follow_grants(url),
-    try_acquire_all_is_all_or_nothing(url),
+    threads_never_overlap_and_tokens_follow_grants,
+    try_acquire_all_is_all_or_nothing,
     fenced_admits_in_token_order,
 );
 

@@ -1,6 +1,6 @@
-//! The lock's contract, as test bodies over any [`LockServer`]: each takes a fresh handle to a
-//! server nobody else uses. `tests/single_server.rs` runs them on one server; a quorum of servers
-//! runs the same bodies.
+//! The lock's contract, as test bodies over any lock server: each takes a [`Setup`] of servers
+//! nobody else uses. `tests/single_server.rs` runs them on one server, `tests/quorum.rs` on
+//! quorums of 3 and of 1 — the same bodies.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Mutex};
@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 
 use fencelock::{FencingToken, LeaseLost};
 use fencelock_redis::{try_acquire_all, Error, LockServer, RedisLease};
+
+/// What a body runs against.
+pub struct Setup {
+    /// The lock server: one server, or a quorum.
+    pub locks: LockServer,
+    /// A single server for fenced resources (on a single-server setup, the same server).
+    pub data: LockServer,
+    /// Opens another, independent handle to the same lock server(s).
+    pub reopen: Box<dyn Fn() -> LockServer + Sync>,
+}
 
 /// Long enough that no lease in these tests runs out unless the test means it to.
 const LONG: Duration = Duration::from_secs(30);
@@ -23,7 +33,8 @@ fn lost(result: Result<(), Error>) -> LeaseLost {
     }
 }
 
-pub fn one_holder_at_a_time(server: &LockServer) {
+pub fn one_holder_at_a_time(setup: &Setup) {
+    let server = &setup.locks;
     let lock = server.lock("one-holder").unwrap();
     let lease = lock
         .try_acquire(LONG)
@@ -44,7 +55,8 @@ pub fn one_holder_at_a_time(server: &LockServer) {
     );
 }
 
-pub fn tokens_strictly_increase(server: &LockServer) {
+pub fn tokens_strictly_increase(setup: &Setup) {
+    let server = &setup.locks;
     let lock = server.lock("tokens").unwrap();
     let mut last = FencingToken::new(0);
     for round in 0..20 {
@@ -71,9 +83,10 @@ pub fn tokens_strictly_increase(server: &LockServer) {
     assert!(newer.token() > stalled.token() && stalled.token() > last);
 }
 
-pub fn stalled_holder_is_taken_over_and_refused(server: &LockServer) {
+pub fn stalled_holder_is_taken_over_and_refused(setup: &Setup) {
+    let server = &setup.locks;
     let lock = server.lock("stall").unwrap();
-    let ledger = server.fenced("stall-ledger").unwrap();
+    let ledger = setup.data.fenced("stall-ledger").unwrap();
     let mut stalled = lock.try_acquire(SHORT).unwrap().unwrap();
     let old_token = stalled.token();
     ledger.write(old_token, &redis::pipe()).unwrap();
@@ -116,7 +129,8 @@ pub fn stalled_holder_is_taken_over_and_refused(server: &LockServer) {
     newer.release().unwrap();
 }
 
-pub fn stale_release_is_refused_and_changes_nothing(server: &LockServer) {
+pub fn stale_release_is_refused_and_changes_nothing(setup: &Setup) {
+    let server = &setup.locks;
     let lock = server.lock("stale-release").unwrap();
     let stalled = lock.try_acquire(SHORT).unwrap().unwrap();
     thread::sleep(PAST_SHORT);
@@ -133,7 +147,8 @@ pub fn stale_release_is_refused_and_changes_nothing(server: &LockServer) {
     newer.release().unwrap();
 }
 
-pub fn expired_lease_reports_expired(server: &LockServer) {
+pub fn expired_lease_reports_expired(setup: &Setup) {
+    let server = &setup.locks;
     let lock = server.lock("expired").unwrap();
     let mut lease = lock.try_acquire(SHORT).unwrap().unwrap();
     thread::sleep(PAST_SHORT);
@@ -146,7 +161,8 @@ pub fn expired_lease_reports_expired(server: &LockServer) {
     assert_eq!(lost(lease.release()), LeaseLost::Expired);
 }
 
-pub fn renew_keeps_others_out(server: &LockServer) {
+pub fn renew_keeps_others_out(setup: &Setup) {
+    let server = &setup.locks;
     let lock = server.lock("renew").unwrap();
     let mut lease = lock
         .try_acquire(Duration::from_millis(300))
@@ -164,7 +180,8 @@ pub fn renew_keeps_others_out(server: &LockServer) {
     lease.release().unwrap();
 }
 
-pub fn drop_releases(server: &LockServer) {
+pub fn drop_releases(setup: &Setup) {
+    let server = &setup.locks;
     let lock = server.lock("drop").unwrap();
     let lease = lock.try_acquire(LONG).unwrap().unwrap();
     let moved = thread::spawn(move || lease); // Send + 'static
@@ -175,7 +192,8 @@ pub fn drop_releases(server: &LockServer) {
     );
 }
 
-pub fn acquire_timeout_picks_up_a_release(server: &LockServer) {
+pub fn acquire_timeout_picks_up_a_release(setup: &Setup) {
+    let server = &setup.locks;
     let lock = server.lock("wait-release").unwrap();
     let held = lock.try_acquire(LONG).unwrap().unwrap();
     let (started, waiting) = mpsc::channel();
@@ -198,7 +216,8 @@ pub fn acquire_timeout_picks_up_a_release(server: &LockServer) {
     assert!(waited < Duration::from_secs(15), "waited {waited:?}");
 }
 
-pub fn acquire_timeout_takes_over_an_expired_lease(server: &LockServer) {
+pub fn acquire_timeout_takes_over_an_expired_lease(setup: &Setup) {
+    let server = &setup.locks;
     let lock = server.lock("wait-expiry").unwrap();
     let stalled = lock
         .try_acquire(Duration::from_millis(300))
@@ -212,7 +231,8 @@ pub fn acquire_timeout_takes_over_an_expired_lease(server: &LockServer) {
     std::mem::forget(stalled); // its Drop would only be refused
 }
 
-pub fn acquire_timeout_gives_up_on_time(server: &LockServer) {
+pub fn acquire_timeout_gives_up_on_time(setup: &Setup) {
+    let server = &setup.locks;
     let lock = server.lock("give-up").unwrap();
     let _held = lock.try_acquire(LONG).unwrap().unwrap();
     for wait in [Duration::ZERO, Duration::from_millis(300)] {
@@ -227,7 +247,8 @@ pub fn acquire_timeout_gives_up_on_time(server: &LockServer) {
 
 /// Threads sharing one handle, and threads with handles of their own, never overlap, and tokens
 /// follow the order in which the lock was granted.
-pub fn threads_never_overlap_and_tokens_follow_grants(server: &LockServer, url: &str) {
+pub fn threads_never_overlap_and_tokens_follow_grants(setup: &Setup) {
+    let server = &setup.locks;
     const THREADS: usize = 8;
     const ROUNDS: usize = 25;
     let inside = AtomicBool::new(false);
@@ -240,7 +261,7 @@ pub fn threads_never_overlap_and_tokens_follow_grants(server: &LockServer, url: 
                 let lock = if t % 2 == 0 {
                     server.lock("crowd").unwrap()
                 } else {
-                    fencelock_redis::RedisLock::open(url, "crowd").unwrap()
+                    (setup.reopen)().lock("crowd").unwrap()
                 };
                 for _ in 0..ROUNDS {
                     let lease = lock
@@ -264,7 +285,9 @@ pub fn threads_never_overlap_and_tokens_follow_grants(server: &LockServer, url: 
     );
 }
 
-pub fn try_acquire_all_is_all_or_nothing(server: &LockServer, url: &str) {
+/// Single servers only: a quorum refuses `try_acquire_all`.
+pub fn try_acquire_all_is_all_or_nothing(setup: &Setup) {
+    let server = &setup.locks;
     let a = server.lock("all-a").unwrap();
     let b = server.lock("all-b").unwrap();
     let c = server.lock("all-c").unwrap();
@@ -276,7 +299,7 @@ pub fn try_acquire_all_is_all_or_nothing(server: &LockServer, url: &str) {
     held_b.release().unwrap();
 
     // A handle of its own to the same server is fine.
-    let c_elsewhere = fencelock_redis::RedisLock::open(url, "all-c").unwrap();
+    let c_elsewhere = (setup.reopen)().lock("all-c").unwrap();
     let leases: Vec<RedisLease> = try_acquire_all(&[&c_elsewhere, &a, &b], LONG)
         .unwrap()
         .expect("all free");
@@ -310,8 +333,8 @@ pub fn try_acquire_all_is_all_or_nothing(server: &LockServer, url: &str) {
     assert!(try_acquire_all(&[], LONG).unwrap().unwrap().is_empty());
 }
 
-pub fn fenced_admits_in_token_order(server: &LockServer) {
-    let ledger = server.fenced("fenced-order").unwrap();
+pub fn fenced_admits_in_token_order(setup: &Setup) {
+    let ledger = setup.data.fenced("fenced-order").unwrap();
     assert_eq!(ledger.highest().unwrap(), FencingToken::new(0));
     let push = |token: u64, entry: &str| {
         let mut p = redis::pipe();

@@ -37,9 +37,12 @@ use std::sync::LazyLock;
 use std::time::{Instant, SystemTime};
 
 use fencelock::{FencingToken, LeaseLost, StaleToken};
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Cmd, Script, ToRedisArgs, Value};
 
 use crate::error::{Error, InvalidInput};
+
+pub(crate) mod quorum;
+pub(crate) mod resp;
 
 /// The shortest TTL accepted: a lease must outlast its drift allowance with room for a round trip.
 pub const MIN_TTL: Duration = Duration::from_millis(5);
@@ -168,6 +171,91 @@ pub(crate) fn fenced_key(prefix: &str, name: &str) -> Result<String, Error> {
     Ok(format!("{prefix}{{{name}}}:fenced"))
 }
 
+/// A Lua script: its source (for `EVAL`, which also loads it) and its SHA1 (for `EVALSHA`).
+#[derive(Debug)]
+pub(crate) struct Lua {
+    code: String,
+    script: Script,
+}
+
+impl Lua {
+    fn new(code: &str) -> Self {
+        Self {
+            code: code.to_owned(),
+            script: Script::new(code),
+        }
+    }
+}
+
+/// One script call, as a value: which script, its keys and its arguments. Front ends turn it into
+/// an `EVALSHA` (and load the script after `NOSCRIPT`); it never touches a connection itself.
+#[derive(Clone, Debug)]
+pub(crate) struct Request {
+    lua: &'static Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Request {
+    fn new(lua: &'static LazyLock<Lua>) -> Self {
+        Self {
+            lua: LazyLock::force(lua),
+            keys: Vec::with_capacity(2),
+            args: Vec::with_capacity(3),
+        }
+    }
+
+    fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    /// The script this request runs (to load it after `NOSCRIPT`).
+    pub(crate) fn script(&self) -> &'static Script {
+        &self.lua.script
+    }
+
+    /// `EVALSHA sha numkeys keys... args...`.
+    pub(crate) fn evalsha(&self) -> Cmd {
+        self.command("EVALSHA", self.lua.script.get_hash())
+    }
+
+    /// `EVAL source numkeys keys... args...`: runs the script and loads it (after `NOSCRIPT`).
+    pub(crate) fn eval(&self) -> Cmd {
+        self.command("EVAL", &self.lua.code)
+    }
+
+    fn command(&self, name: &str, script: &str) -> Cmd {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(script)
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+}
+
+/// `SCRIPT LOAD` of every script a quorum sends, for each new connection: a reply nobody waits
+/// for any more (a straggler's) cannot be sent again after `NOSCRIPT`, so the scripts must be
+/// there before the first request.
+pub(crate) fn load_quorum_scripts(pipe: &mut redis::Pipeline) {
+    for lua in [&CLAIM, &STORE, &RENEW, &RELEASE] {
+        pipe.cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(&LazyLock::force(lua).code);
+    }
+}
+
+/// Whether `error` says the server does not have the script (restarted, or `SCRIPT FLUSH`).
+pub(crate) fn is_noscript(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
 /// `next_token(counter, idle_ms, now_us)`: the next token for the counter key, stored back with
 /// the idle TTL; a string of digits, or nil past 2⁵³ − 1.
 const NEXT_TOKEN_LUA: &str = r"
@@ -185,16 +273,16 @@ end
 
 /// Acquires every lock named in KEYS (pairs: lock key, counter key), all or nothing.
 ///
-/// ARGV: nonce, TTL ms, counter idle ms. Returns an array of tokens (strings of digits) in KEYS
+/// ARGV: the nonce and a colon (`nonce:`), TTL ms, counter idle ms. Returns an array of tokens (strings of digits) in KEYS
 /// order, or nil when any lock is held by another acquisition (and then holds none of them).
 /// Idempotent for one nonce: a lock that already holds this nonce's value (the same request,
 /// resent after its reply was lost) counts as granted with the token it got then. Errors if the
 /// token space is exhausted.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&format!(
         "{NEXT_TOKEN_LUA}{}",
         r"
-local mine = ARGV[1] .. ':'
+local mine = ARGV[1]
 local current = {}
 local held_by_other = false
 for i = 1, #KEYS, 2 do
@@ -232,14 +320,14 @@ return tokens
     ))
 });
 
-/// Renews a lease. KEYS: lock key. ARGV: the lease's value, TTL ms.
-/// Returns {1} if the key held the value (its TTL is now the new one), {0} if the key is gone,
-/// {2, value} if it holds another acquisition's value; only {1} changed anything.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// Renews a lease. KEYS: lock key. ARGV: the lease's nonce and a colon (`nonce:`), TTL ms.
+/// Returns {1} if the key held this acquisition's value (its TTL is now the new one), {0} if the
+/// key is gone, {2, value} if it holds another acquisition's value; only {1} changed anything.
+static RENEW: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then
+if current and string.sub(current, 1, #ARGV[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1}
 elseif current then
@@ -250,13 +338,13 @@ return {0}
     )
 });
 
-/// Releases a lease. KEYS: lock key. ARGV: the lease's value.
+/// Releases a lease. KEYS: lock key. ARGV: the lease's nonce and a colon (`nonce:`).
 /// Returns as [`RENEW`] does; only {1} (the key was deleted) changed anything.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then
+if current and string.sub(current, 1, #ARGV[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return {1}
 elseif current then
@@ -270,8 +358,8 @@ return {0}
 /// A fenced write. KEYS: the fenced key. ARGV: token, then each command as its argument count
 /// followed by its arguments. Returns {1} after recording the token and running every command,
 /// or {0, highest} when the token is below the highest admitted (nothing ran).
-static FENCED_WRITE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static FENCED_WRITE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
         r"
 local highest = redis.call('GET', KEYS[1])
 if highest and tonumber(highest) > tonumber(ARGV[1]) then
@@ -289,33 +377,131 @@ return {1}
     )
 });
 
+/// Round 1 of a quorum acquisition, on each server. KEYS: lock key, counter key. ARGV: `nonce:`,
+/// TTL ms. Sets the lock key to `nonce:` (no token yet) if it is absent — or counts it as set if
+/// it already holds this nonce (a resend) — and returns {1, floor}, where floor = max(the
+/// counter, the server's time in µs) as digits: the token must exceed it. Returns {0, value}
+/// when another acquisition holds the key (nothing changed).
+static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, #ARGV[1]) ~= ARGV[1] then
+  return {0, current}
+end
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+local time = redis.call('TIME')
+local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+return {1, string.format('%.0f', math.max(last, now_us))}
+",
+    )
+});
+
+/// Round 2 of a quorum acquisition, on each server that granted round 1. KEYS: lock key, counter
+/// key. ARGV: `nonce:`, token digits, counter idle ms. Only where this acquisition's key is still
+/// present: raises the counter to the token (never lowers it) and writes the token into the
+/// key's value, keeping its TTL; returns 1. Returns 0, changing nothing, where the key is gone or
+/// another's.
+static STORE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, #ARGV[1]) ~= ARGV[1] then
+  return 0
+end
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) > last then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'KEEPTTL')
+return 1
+",
+    )
+});
+
+/// The round-1 request of a quorum acquisition of `keys` by `nonce`, for `ttl_ms`.
+pub(crate) fn claim(keys: &LockKeys, nonce: &Nonce, ttl_ms: u64) -> Request {
+    let mut call = Request::new(&CLAIM);
+    call.key(&keys.lock)
+        .key(&keys.counter)
+        .arg(nonce.prefix())
+        .arg(ttl_ms);
+    call
+}
+
+/// The round-2 request of a quorum acquisition: store `token` where `nonce`'s key still is.
+pub(crate) fn store(keys: &LockKeys, nonce: &Nonce, token: FencingToken) -> Request {
+    let mut call = Request::new(&STORE);
+    call.key(&keys.lock)
+        .key(&keys.counter)
+        .arg(nonce.prefix())
+        .arg(token.get())
+        .arg(COUNTER_IDLE.as_millis() as u64);
+    call
+}
+
+/// What one server answered to round 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The key is ours there; the token must exceed this floor.
+    Granted(u64),
+    /// Another acquisition holds the key there.
+    Held,
+}
+
+/// Decodes [`CLAIM`]'s reply.
+pub(crate) fn decode_claim(reply: &Value) -> Result<Claim, Error> {
+    match reply {
+        Value::Array(parts) => match parts.as_slice() {
+            [Value::Int(1), floor] => Ok(Claim::Granted(decode_token(floor)?.get())),
+            [Value::Int(0), _] => Ok(Claim::Held),
+            _ => Err(unexpected(format!("unexpected claim reply {reply:?}"))),
+        },
+        _ => Err(unexpected(format!("unexpected claim reply {reply:?}"))),
+    }
+}
+
+/// Decodes [`STORE`]'s reply: whether the token was stored.
+pub(crate) fn decode_store(reply: &Value) -> Result<bool, Error> {
+    match reply {
+        Value::Int(1) => Ok(true),
+        Value::Int(0) => Ok(false),
+        _ => Err(unexpected(format!("unexpected store reply {reply:?}"))),
+    }
+}
+
 /// The request that acquires `locks` (all or nothing) with `value_nonce`, for `ttl_ms`.
 pub(crate) fn acquire<'a>(
     locks: impl IntoIterator<Item = &'a LockKeys>,
     nonce: &Nonce,
     ttl_ms: u64,
-) -> ScriptInvocation<'static> {
-    let mut call = ACQUIRE.prepare_invoke();
+) -> Request {
+    let mut call = Request::new(&ACQUIRE);
     for keys in locks {
         call.key(&keys.lock).key(&keys.counter);
     }
-    call.arg(nonce.as_str())
+    call.arg(nonce.prefix())
         .arg(ttl_ms)
         .arg(COUNTER_IDLE.as_millis() as u64);
     call
 }
 
-/// The request that renews the lease holding `value` on `keys` to `ttl_ms`.
-pub(crate) fn renew(keys: &LockKeys, value: &str, ttl_ms: u64) -> ScriptInvocation<'static> {
-    let mut call = RENEW.prepare_invoke();
-    call.key(&keys.lock).arg(value).arg(ttl_ms);
+/// The request that renews the lease of the acquisition `nonce` on `keys` to `ttl_ms`.
+pub(crate) fn renew(keys: &LockKeys, nonce: &Nonce, ttl_ms: u64) -> Request {
+    let mut call = Request::new(&RENEW);
+    call.key(&keys.lock).arg(nonce.prefix()).arg(ttl_ms);
     call
 }
 
-/// The request that releases the lease holding `value` on `keys`.
-pub(crate) fn release(keys: &LockKeys, value: &str) -> ScriptInvocation<'static> {
-    let mut call = RELEASE.prepare_invoke();
-    call.key(&keys.lock).arg(value);
+/// The request that releases the lease of the acquisition `nonce` on `keys`.
+pub(crate) fn release(keys: &LockKeys, nonce: &Nonce) -> Request {
+    let mut call = Request::new(&RELEASE);
+    call.key(&keys.lock).arg(nonce.prefix());
     call
 }
 
@@ -324,9 +510,9 @@ pub(crate) fn fenced_write(
     key: &str,
     token: FencingToken,
     commands: &redis::Pipeline,
-) -> Result<ScriptInvocation<'static>, Error> {
+) -> Result<Request, Error> {
     check_token(token)?;
-    let mut call = FENCED_WRITE.prepare_invoke();
+    let mut call = Request::new(&FENCED_WRITE);
     call.key(key).arg(token.get());
     for cmd in commands.cmd_iter() {
         let argc = cmd.args_iter().len();
@@ -365,21 +551,20 @@ pub(crate) fn check_token(token: FencingToken) -> Result<(), Error> {
     Ok(())
 }
 
-/// The value a lock key holds for the acquisition with `nonce` that got `token`.
-pub(crate) fn lease_value(nonce: &Nonce, token: FencingToken) -> String {
-    format!("{}:{token}", nonce.as_str())
-}
-
-/// The token inside a lock key's value (`nonce:token`).
-fn token_of_value(value: &[u8]) -> Result<FencingToken, Error> {
+/// The token inside a lock key's value (`nonce:token`), or `None` for an acquisition of a quorum
+/// whose token is not stored yet (`nonce:`).
+fn token_of_value(value: &[u8]) -> Result<Option<FencingToken>, Error> {
     let digits = value
         .iter()
         .rposition(|&b| b == b':')
         .map(|colon| &value[colon + 1..]);
+    if digits.is_some_and(<[u8]>::is_empty) {
+        return Ok(None);
+    }
     digits
         .and_then(|d| core::str::from_utf8(d).ok())
         .and_then(|d| d.parse::<u64>().ok())
-        .map(FencingToken::new)
+        .map(|t| Some(FencingToken::new(t)))
         .ok_or_else(|| {
             unexpected(format!(
                 "the lock key holds {:?}, which is not a fencelock lease value: is another \
@@ -429,8 +614,9 @@ pub(crate) enum Holder {
     Us,
     /// Gone: the lease expired (or the server lost it), nobody holds the lock now.
     Nobody,
-    /// Another acquisition's value, with its token.
-    Other(FencingToken),
+    /// Another acquisition's value, with its token (`None`: a quorum acquisition whose token is
+    /// not stored there yet).
+    Other(Option<FencingToken>),
 }
 
 impl Holder {
@@ -438,8 +624,8 @@ impl Holder {
     pub(crate) fn into_result(self) -> Result<(), Error> {
         match self {
             Holder::Us => Ok(()),
-            Holder::Nobody => Err(Error::Lost(LeaseLost::Expired)),
-            Holder::Other(by) => Err(Error::Lost(LeaseLost::TakenOver { by })),
+            Holder::Nobody | Holder::Other(None) => Err(Error::Lost(LeaseLost::Expired)),
+            Holder::Other(Some(by)) => Err(Error::Lost(LeaseLost::TakenOver { by })),
         }
     }
 }
@@ -508,10 +694,11 @@ pub(crate) struct Nonce(String);
 impl Nonce {
     pub(crate) fn new() -> Self {
         let [high, low] = random_words();
-        Self(format!("{high:016x}{low:016x}"))
+        Self(format!("{high:016x}{low:016x}:"))
     }
 
-    pub(crate) fn as_str(&self) -> &str {
+    /// The nonce and a colon: how every value of this acquisition's lock keys begins.
+    pub(crate) fn prefix(&self) -> &str {
         &self.0
     }
 }
@@ -584,7 +771,7 @@ mod tests {
         assert_eq!(decode_holder(&gone).unwrap(), Holder::Nobody);
         assert_eq!(
             decode_holder(&other).unwrap(),
-            Holder::Other(FencingToken::new(42))
+            Holder::Other(Some(FencingToken::new(42)))
         );
         assert!(decode_holder(&Value::Array(vec![Value::Int(2), bulk("junk")])).is_err());
         assert!(decode_holder(&Value::Nil).is_err());
@@ -610,10 +797,12 @@ mod tests {
     fn nonces_differ() {
         let (a, b) = (Nonce::new(), Nonce::new());
         assert_ne!(a, b);
-        assert_eq!(a.as_str().len(), 32);
+        assert_eq!(a.prefix().len(), 33);
+        let value = format!("{}5", a.prefix());
         assert_eq!(
-            token_of_value(lease_value(&a, FencingToken::new(5)).as_bytes()).unwrap(),
-            FencingToken::new(5)
+            token_of_value(value.as_bytes()).unwrap(),
+            Some(FencingToken::new(5))
         );
+        assert_eq!(token_of_value(a.prefix().as_bytes()).unwrap(), None);
     }
 }

@@ -1,0 +1,164 @@
+//! One Redis server of a single-server [`LockServer`](crate::LockServer): its pooled blocking
+//! connections. (A quorum's servers are reached through [`fanout`](crate::fanout) instead.)
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use redis::{Client, Connection, Value};
+
+use crate::error::Error;
+use crate::protocol::{self, Request};
+
+/// Connections kept open for reuse; more are opened when more threads call at once, and closed
+/// when they come back to a full pool.
+const MAX_IDLE_CONNECTIONS: usize = 64;
+
+/// Whether a request may be sent a second time when its reused connection turned out closed
+/// (the server restarted since it was last used, say) — where the first send may or may not
+/// have reached the server before it went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resend {
+    /// The request has the same effect sent twice (acquire with one nonce, renew, release, reads).
+    IfStale,
+    /// It does not (a fenced write runs arbitrary commands): the error goes to the caller.
+    Never,
+}
+
+/// Shards of the connection pool: each thread takes from and returns to its own shard first, so
+/// that many threads sharing one handle do not queue on one lock.
+const POOL_SHARDS: usize = 8;
+
+/// One server: how to reach it, and its idle connections.
+pub(crate) struct Node {
+    client: Client,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+    idle: [Mutex<Vec<Connection>>; POOL_SHARDS],
+}
+
+impl Node {
+    pub(crate) fn new(client: Client, connect_timeout: Duration, io_timeout: Duration) -> Self {
+        Self {
+            client,
+            connect_timeout,
+            io_timeout,
+            idle: Default::default(),
+        }
+    }
+
+    /// `host:port` and database, to tell servers apart.
+    pub(crate) fn identity(&self) -> (String, i64) {
+        let info = self.client.get_connection_info();
+        (info.addr().to_string(), info.redis_settings().db())
+    }
+
+    /// Runs one script request on a pooled connection and returns its raw reply, and whether
+    /// it was sent twice (see [`Resend`]). Loads the script after `NOSCRIPT`.
+    pub(crate) fn invoke(&self, request: &Request, resend: Resend) -> Result<(Value, bool), Error> {
+        let mut sends = 0;
+        let reply = self.with_connection(resend, |con| {
+            sends += 1;
+            run(con, request)
+        })?;
+        Ok((reply, sends > 1))
+    }
+
+    /// Runs `request` on a pooled connection (opening one if none is idle).
+    ///
+    /// The connection goes back to the pool only after a success: after any error its state is
+    /// unknown (a reply may still be in flight), so it is dropped. A connection-level error (I/O,
+    /// timeout) drops every idle connection too — they share the server's fate (a restart, a
+    /// pause) — so the next call reconnects. With [`Resend::IfStale`], a request that failed on
+    /// a *reused* connection that turned out closed (not timed out) is sent once more on a fresh
+    /// one: that is how the first call after a server restart succeeds.
+    pub(crate) fn with_connection<T>(
+        &self,
+        resend: Resend,
+        mut request: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, Error> {
+        let pooled = self.pop_idle();
+        let reused = pooled.is_some();
+        let mut con = match pooled {
+            Some(con) => con,
+            None => self.connect()?,
+        };
+        let error = match request(&mut con) {
+            Ok(reply) => {
+                self.give_back(con);
+                return Ok(reply);
+            }
+            Err(error) => error,
+        };
+        drop(con);
+        let connection_failed =
+            error.is_io_error() || error.is_timeout() || error.is_connection_dropped();
+        if connection_failed {
+            for shard in &self.idle {
+                lock(shard).clear();
+            }
+        }
+        let closed = error.is_connection_dropped() && !error.is_timeout();
+        if !(reused && closed && resend == Resend::IfStale) {
+            return Err(error.into());
+        }
+        let mut con = self.connect()?;
+        let reply = request(&mut con)?;
+        self.give_back(con);
+        Ok(reply)
+    }
+
+    fn give_back(&self, con: Connection) {
+        let mut idle = lock(&self.idle[shard()]);
+        if idle.len() < MAX_IDLE_CONNECTIONS / POOL_SHARDS {
+            idle.push(con);
+        }
+    }
+
+    #[cold]
+    fn connect(&self) -> Result<Connection, Error> {
+        Ok(self.connect_raw()?)
+    }
+
+    #[cold]
+    fn connect_raw(&self) -> redis::RedisResult<Connection> {
+        let con = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)?;
+        con.set_read_timeout(Some(self.io_timeout))?;
+        con.set_write_timeout(Some(self.io_timeout))?;
+        Ok(con)
+    }
+
+    /// An idle connection: from this thread's shard, else from any other.
+    fn pop_idle(&self) -> Option<Connection> {
+        let own = shard();
+        (0..POOL_SHARDS).find_map(|i| lock(&self.idle[(own + i) % POOL_SHARDS]).pop())
+    }
+}
+
+/// `EVALSHA` the request; after `NOSCRIPT`, load the script and send it once more.
+fn run(con: &mut Connection, request: &Request) -> redis::RedisResult<Value> {
+    match request.evalsha().query::<Value>(con) {
+        Err(error) if protocol::is_noscript(&error) => {
+            request.script().load(con)?;
+            request.evalsha().query(con)
+        }
+        reply => reply,
+    }
+}
+
+fn lock(shard: &Mutex<Vec<Connection>>) -> MutexGuard<'_, Vec<Connection>> {
+    // The pool holds no invariant a panic could break: a poisoned one is still a pool.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This thread's pool shard, assigned round-robin on first use.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        // Relaxed: the counter only spreads threads over shards; nothing is published by it.
+        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % POOL_SHARDS;
+    }
+    SHARD.with(|shard| *shard)
+}

@@ -1,0 +1,455 @@
+//! The quorum's decisions, without I/O: each tally takes the servers' replies one at a time, in
+//! whatever order they arrive, and says as soon as the outcome is decided — a majority agreed,
+//! or a majority can no longer agree. A front end sends the requests to every server at once and
+//! feeds the replies in; when its deadline passes, it calls `settle`, which counts every server
+//! that has not answered as failed.
+//!
+//! # Why tokens still only grow across servers
+//!
+//! An acquisition holds the lock only once a majority of the `n` servers *stored* its token `t`
+//! (round 2), each only while its key was still present there. Round 1 asked every server for
+//! its floor — `max(counter, server time in µs)` — and `t` is one more than the largest floor
+//! among the servers that granted. Take any later acquisition: its round-1 majority meets our
+//! round-2 majority on some server `S` (two majorities of `n` always share one). On `S` it could
+//! set its key only after ours was gone, so after our `t` was stored, so it read a floor of at
+//! least `t` there and picks a token above `t`. No timing assumption enters this argument, only
+//! that a majority of servers keep their data (`appendonly yes`, `appendfsync always`) — or that
+//! their clocks do not go back, since a server that lost its counter floors it at its clock.
+//! The *lease* (mutual exclusion in time) additionally assumes bounded clock drift between the
+//! client and the servers: its validity is the TTL minus the time since round 1 was sent, minus
+//! [`drift_allowance`](super::drift_allowance).
+
+use fencelock::{FencingToken, LeaseLost};
+use redis::Value;
+
+use super::{decode_claim, decode_holder, decode_store, Claim, Holder, MAX_TOKEN};
+use crate::error::{Error, InvalidInput};
+
+/// Collects the servers' replies to one round until its outcome is decided. The front ends feed
+/// it; it never waits or sends.
+pub(crate) trait Tally {
+    /// What the round decided.
+    type Outcome;
+    /// Records `server`'s reply; `Some` once the outcome is decided (later replies are ignored).
+    fn record(&mut self, server: usize, reply: Result<Value, Error>) -> Option<Self::Outcome>;
+    /// The deadline passed: decides, counting every server that has not answered as failed.
+    fn settle(self) -> Self::Outcome;
+}
+
+/// How many of `n` servers make a majority.
+#[inline]
+#[must_use]
+pub(crate) const fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// Keeps the first error seen, as the one to report when a majority was unreachable.
+#[derive(Debug, Default)]
+struct Failures {
+    count: usize,
+    first: Option<Error>,
+}
+
+impl Failures {
+    fn record(&mut self, error: Error) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(error);
+        }
+    }
+
+    #[cold]
+    fn into_error(self) -> Error {
+        self.first.unwrap_or_else(|| {
+            Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "fencelock-redis: no answer from a majority of the lock servers within the timeout",
+            )))
+        })
+    }
+}
+
+/// The outcome of round 1.
+#[derive(Debug)]
+pub(crate) enum ClaimOutcome {
+    /// A majority granted: store `token` on `granted` (the servers that granted so far).
+    Majority {
+        token: FencingToken,
+        granted: Vec<usize>,
+    },
+    /// Others hold the lock on too many servers for a majority.
+    Held,
+    /// A majority did not answer, or answered with errors.
+    Unavailable(Error),
+}
+
+/// Round 1: which servers granted, and the largest floor among them.
+#[derive(Debug)]
+pub(crate) struct ClaimTally {
+    servers: usize,
+    granted: Vec<usize>,
+    floor: u64,
+    held: usize,
+    failures: Failures,
+}
+
+impl ClaimTally {
+    pub(crate) fn new(servers: usize) -> Self {
+        Self {
+            servers,
+            granted: Vec::with_capacity(servers),
+            floor: 0,
+            held: 0,
+            failures: Failures::default(),
+        }
+    }
+}
+
+impl Tally for ClaimTally {
+    type Outcome = ClaimOutcome;
+
+    fn record(&mut self, server: usize, reply: Result<Value, Error>) -> Option<ClaimOutcome> {
+        match reply.and_then(|value| decode_claim(&value)) {
+            Ok(Claim::Granted(floor)) => {
+                self.granted.push(server);
+                self.floor = self.floor.max(floor);
+            }
+            Ok(Claim::Held) => self.held += 1,
+            Err(error) => self.failures.record(error),
+        }
+        self.decided()
+    }
+
+    fn settle(mut self) -> ClaimOutcome {
+        let answered = self.granted.len() + self.held + self.failures.count;
+        self.failures.count += self.servers - answered;
+        self.decided().unwrap_or_else(|| self.refused())
+    }
+}
+
+impl ClaimTally {
+    fn decided(&mut self) -> Option<ClaimOutcome> {
+        let need = majority(self.servers);
+        if self.granted.len() >= need {
+            let token = self.floor + 1;
+            if token > MAX_TOKEN {
+                return Some(ClaimOutcome::Unavailable(Error::InvalidInput(
+                    InvalidInput::new("the lock servers' tokens reached 2^53: no token is left"),
+                )));
+            }
+            return Some(ClaimOutcome::Majority {
+                token: FencingToken::new(token),
+                granted: std::mem::take(&mut self.granted),
+            });
+        }
+        if self.held + self.failures.count > self.servers - need {
+            return Some(self.refused());
+        }
+        None
+    }
+
+    fn refused(&mut self) -> ClaimOutcome {
+        if self.failures.count >= majority(self.servers) {
+            ClaimOutcome::Unavailable(std::mem::take(&mut self.failures).into_error())
+        } else {
+            ClaimOutcome::Held
+        }
+    }
+}
+
+/// The outcome of round 2, of a renewal, or of a release.
+#[derive(Debug)]
+pub(crate) enum MajorityOutcome {
+    /// A majority did it.
+    Done,
+    /// A majority can no longer do it: the lease is lost.
+    Lost(LeaseLost),
+    /// Too many servers failed to answer to tell.
+    Unavailable(Error),
+}
+
+/// Round 2: how many of the servers that granted stored the token.
+#[derive(Debug)]
+pub(crate) struct StoreTally {
+    servers: usize,
+    asked: usize,
+    stored: usize,
+    gone: usize,
+    failures: Failures,
+}
+
+impl StoreTally {
+    /// A tally of `asked` store requests, of `servers` in all.
+    pub(crate) fn new(servers: usize, asked: usize) -> Self {
+        Self {
+            servers,
+            asked,
+            stored: 0,
+            gone: 0,
+            failures: Failures::default(),
+        }
+    }
+}
+
+impl Tally for StoreTally {
+    type Outcome = MajorityOutcome;
+
+    fn record(&mut self, _server: usize, reply: Result<Value, Error>) -> Option<MajorityOutcome> {
+        match reply.and_then(|value| decode_store(&value)) {
+            Ok(true) => self.stored += 1,
+            Ok(false) => self.gone += 1,
+            Err(error) => self.failures.record(error),
+        }
+        self.decided()
+    }
+
+    fn settle(mut self) -> MajorityOutcome {
+        let answered = self.stored + self.gone + self.failures.count;
+        self.failures.count += self.asked - answered;
+        let need = majority(self.servers);
+        self.decided().unwrap_or_else(|| self.refused(need))
+    }
+}
+
+impl StoreTally {
+    fn decided(&mut self) -> Option<MajorityOutcome> {
+        let need = majority(self.servers);
+        if self.stored >= need {
+            return Some(MajorityOutcome::Done);
+        }
+        if self.stored + (self.asked - self.gone - self.failures.count) < need {
+            return Some(self.refused(need));
+        }
+        None
+    }
+
+    fn refused(&mut self, need: usize) -> MajorityOutcome {
+        // Had the servers that failed stored it, would a majority have? Then we cannot tell.
+        if self.failures.count > 0 && self.stored + self.failures.count >= need {
+            MajorityOutcome::Unavailable(std::mem::take(&mut self.failures).into_error())
+        } else {
+            MajorityOutcome::Lost(LeaseLost::Expired)
+        }
+    }
+}
+
+/// A renewal or a release on every server: how many still held this acquisition's key.
+#[derive(Debug)]
+pub(crate) struct HolderTally {
+    servers: usize,
+    token: FencingToken,
+    ours: usize,
+    not_ours: usize,
+    newer: Option<FencingToken>,
+    failures: Failures,
+}
+
+impl HolderTally {
+    /// A tally for the lease with `token`, on `servers` servers.
+    pub(crate) fn new(servers: usize, token: FencingToken) -> Self {
+        Self {
+            servers,
+            token,
+            ours: 0,
+            not_ours: 0,
+            newer: None,
+            failures: Failures::default(),
+        }
+    }
+}
+
+impl Tally for HolderTally {
+    type Outcome = MajorityOutcome;
+
+    fn record(&mut self, _server: usize, reply: Result<Value, Error>) -> Option<MajorityOutcome> {
+        match reply.and_then(|value| decode_holder(&value)) {
+            Ok(Holder::Us) => self.ours += 1,
+            Ok(Holder::Nobody | Holder::Other(None)) => self.not_ours += 1,
+            Ok(Holder::Other(Some(by))) => {
+                self.not_ours += 1;
+                if by > self.token {
+                    self.newer = self.newer.max(Some(by));
+                }
+            }
+            Err(error) => self.failures.record(error),
+        }
+        self.decided()
+    }
+
+    fn settle(mut self) -> MajorityOutcome {
+        let answered = self.ours + self.not_ours + self.failures.count;
+        self.failures.count += self.servers - answered;
+        let need = majority(self.servers);
+        self.decided().unwrap_or_else(|| self.refused(need))
+    }
+}
+
+impl HolderTally {
+    fn decided(&mut self) -> Option<MajorityOutcome> {
+        let need = majority(self.servers);
+        if self.ours >= need {
+            return Some(MajorityOutcome::Done);
+        }
+        let pending = self.servers - self.ours - self.not_ours - self.failures.count;
+        if self.ours + pending < need {
+            return Some(self.refused(need));
+        }
+        None
+    }
+
+    fn refused(&mut self, need: usize) -> MajorityOutcome {
+        if let Some(by) = self.newer {
+            MajorityOutcome::Lost(LeaseLost::TakenOver { by })
+        } else if self.failures.count > 0 && self.ours + self.failures.count >= need {
+            MajorityOutcome::Unavailable(std::mem::take(&mut self.failures).into_error())
+        } else {
+            MajorityOutcome::Lost(LeaseLost::Expired)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn granted(floor: u64) -> Result<Value, Error> {
+        Ok(Value::Array(vec![
+            Value::Int(1),
+            Value::BulkString(floor.to_string().into_bytes()),
+        ]))
+    }
+
+    fn held() -> Result<Value, Error> {
+        Ok(Value::Array(vec![
+            Value::Int(0),
+            Value::BulkString(b"abc:7".to_vec()),
+        ]))
+    }
+
+    fn failed() -> Result<Value, Error> {
+        Err(Error::Redis(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "down",
+        ))))
+    }
+
+    fn holder(code: i64, value: Option<&str>) -> Result<Value, Error> {
+        let mut parts = vec![Value::Int(code)];
+        parts.extend(value.map(|v| Value::BulkString(v.as_bytes().to_vec())));
+        Ok(Value::Array(parts))
+    }
+
+    #[test]
+    fn majorities() {
+        assert_eq!([1, 3, 5, 7].map(majority), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn claim_decides_at_the_majority_with_the_largest_floor_plus_one() {
+        let mut tally = ClaimTally::new(3);
+        assert!(tally.record(2, granted(100)).is_none());
+        match tally.record(0, granted(250)) {
+            Some(ClaimOutcome::Majority { token, granted }) => {
+                assert_eq!(token, FencingToken::new(251));
+                assert_eq!(granted, [2, 0]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn claim_is_refused_as_soon_as_a_majority_is_out_of_reach() {
+        let mut tally = ClaimTally::new(3);
+        assert!(tally.record(0, held()).is_none());
+        assert!(matches!(tally.record(1, held()), Some(ClaimOutcome::Held)));
+
+        let mut tally = ClaimTally::new(3);
+        assert!(tally.record(0, granted(1)).is_none());
+        assert!(tally.record(1, failed()).is_none());
+        assert!(matches!(tally.record(2, held()), Some(ClaimOutcome::Held)));
+
+        let mut tally = ClaimTally::new(3);
+        assert!(tally.record(0, failed()).is_none());
+        assert!(matches!(
+            tally.record(1, failed()),
+            Some(ClaimOutcome::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn claim_settles_missing_answers_as_failures() {
+        let mut tally = ClaimTally::new(5);
+        assert!(tally.record(0, granted(1)).is_none());
+        assert!(tally.record(1, granted(1)).is_none());
+        assert!(matches!(tally.settle(), ClaimOutcome::Unavailable(_)));
+
+        let mut tally = ClaimTally::new(1);
+        assert!(matches!(tally.record(0, held()), Some(ClaimOutcome::Held)));
+        assert!(matches!(
+            ClaimTally::new(3).settle(),
+            ClaimOutcome::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn claim_refuses_a_token_past_2_pow_53() {
+        let mut tally = ClaimTally::new(1);
+        assert!(matches!(
+            tally.record(0, granted(MAX_TOKEN)),
+            Some(ClaimOutcome::Unavailable(Error::InvalidInput(_)))
+        ));
+    }
+
+    #[test]
+    fn store_needs_a_majority_of_all_servers() {
+        let mut tally = StoreTally::new(5, 3);
+        assert!(tally.record(0, Ok(Value::Int(1))).is_none());
+        assert!(tally.record(0, Ok(Value::Int(1))).is_none());
+        assert!(matches!(
+            tally.record(0, Ok(Value::Int(1))),
+            Some(MajorityOutcome::Done)
+        ));
+
+        let mut tally = StoreTally::new(3, 2);
+        assert!(matches!(
+            tally.record(0, Ok(Value::Int(0))),
+            Some(MajorityOutcome::Lost(LeaseLost::Expired))
+        ));
+        let mut tally = StoreTally::new(3, 2);
+        assert!(tally.record(0, Ok(Value::Int(1))).is_none());
+        assert!(matches!(tally.settle(), MajorityOutcome::Unavailable(_)));
+    }
+
+    #[test]
+    fn holder_reports_the_newest_holder_seen() {
+        let token = FencingToken::new(10);
+        let mut tally = HolderTally::new(3, token);
+        assert!(tally.record(0, holder(2, Some("n:12"))).is_none());
+        assert!(matches!(
+            tally.record(0, holder(2, Some("m:11"))),
+            Some(MajorityOutcome::Lost(LeaseLost::TakenOver { by })) if by == FencingToken::new(12)
+        ));
+
+        let mut tally = HolderTally::new(3, token);
+        assert!(tally.record(0, holder(1, None)).is_none());
+        assert!(matches!(
+            tally.record(0, holder(1, None)),
+            Some(MajorityOutcome::Done)
+        ));
+
+        let mut tally = HolderTally::new(3, token);
+        assert!(tally.record(0, holder(0, None)).is_none());
+        assert!(matches!(
+            tally.record(0, holder(2, Some("x:"))),
+            Some(MajorityOutcome::Lost(LeaseLost::Expired))
+        ));
+
+        let mut tally = HolderTally::new(3, token);
+        assert!(tally.record(0, holder(1, None)).is_none());
+        assert!(tally.record(1, failed()).is_none());
+        assert!(matches!(
+            tally.record(2, failed()),
+            Some(MajorityOutcome::Unavailable(_))
+        ));
+    }
+}

@@ -1,0 +1,385 @@
+//! A lease over a majority of independent `redis-server`s (each started here, on its own free
+//! 127.0.0.1 port and directory): the single-server contract again, on quorums of 3 and of 1,
+//! then servers killed, paused and restarted, a majority down, and a history check.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fencelock::{FencingToken, LeaseLost};
+use fencelock_redis::{try_acquire_all, Error, LockServer, RedisLock};
+use redis::Commands;
+use support::{behaviour, quick_builder, raw, Persistence, RedisProcess};
+
+fn start(n: usize, persistence: Persistence) -> Vec<RedisProcess> {
+    (0..n)
+        .map(|_| RedisProcess::start_with(persistence))
+        .collect()
+}
+
+fn urls(servers: &[RedisProcess]) -> Vec<String> {
+    servers.iter().map(RedisProcess::url).collect()
+}
+
+fn quorum(servers: &[RedisProcess]) -> LockServer {
+    let urls = urls(servers);
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    quick_builder().quorum(&urls).expect("a quorum handle")
+}
+
+fn setup(servers: &[RedisProcess]) -> behaviour::Setup {
+    let urls = urls(servers);
+    behaviour::Setup {
+        locks: quorum(servers),
+        data: quick_builder().open(&urls[0]).unwrap(),
+        reopen: Box::new(move || {
+            let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+            LockServer::quorum(&urls).unwrap()
+        }),
+    }
+}
+
+/// One `#[test]` per shared body on a quorum of 3, and one on a quorum of 1.
+macro_rules! on_quorums {
+    ($($body:ident => $of_three:ident, $of_one:ident);* $(;)?) => {$(
+        #[test]
+        fn $of_three() {
+            behaviour::$body(&setup(&start(3, Persistence::None)));
+        }
+        #[test]
+        fn $of_one() {
+            behaviour::$body(&setup(&start(1, Persistence::None)));
+        }
+    )*};
+}
+
+on_quorums!(
+    one_holder_at_a_time => three_one_holder_at_a_time, one_one_holder_at_a_time;
+    tokens_strictly_increase => three_tokens_strictly_increase, one_tokens_strictly_increase;
+    stalled_holder_is_taken_over_and_refused => three_stalled_holder_refused, one_stalled_holder_refused;
+    stale_release_is_refused_and_changes_nothing => three_stale_release_refused, one_stale_release_refused;
+    expired_lease_reports_expired => three_expired_lease, one_expired_lease;
+    renew_keeps_others_out => three_renew_keeps_others_out, one_renew_keeps_others_out;
+    drop_releases => three_drop_releases, one_drop_releases;
+    acquire_timeout_picks_up_a_release => three_acquire_timeout_release, one_acquire_timeout_release;
+    acquire_timeout_takes_over_an_expired_lease => three_acquire_timeout_expiry, one_acquire_timeout_expiry;
+    acquire_timeout_gives_up_on_time => three_acquire_timeout_gives_up, one_acquire_timeout_gives_up;
+    threads_never_overlap_and_tokens_follow_grants => three_threads_never_overlap, one_threads_never_overlap;
+    fenced_admits_in_token_order => three_fenced_admits_in_order, one_fenced_admits_in_order;
+);
+
+/// A quorum of one is a single server: `try_acquire_all` works on it as on `open`.
+#[test]
+fn one_try_acquire_all() {
+    behaviour::try_acquire_all_is_all_or_nothing(&setup(&start(1, Persistence::None)));
+}
+
+#[test]
+fn bad_quorums_are_refused() {
+    let servers = start(3, Persistence::None);
+    let urls = urls(&servers);
+    let u: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let invalid = |r: Result<LockServer, Error>| matches!(r, Err(Error::InvalidInput(_)));
+    assert!(invalid(LockServer::quorum(&[])));
+    assert!(invalid(LockServer::quorum(&u[..2])));
+    assert!(invalid(LockServer::quorum(&[u[0], u[1], u[0]])));
+    let localhost = format!("redis://127.0.0.1:{}/0", servers[0].port());
+    assert!(
+        invalid(LockServer::quorum(&[u[0], u[1], &localhost])),
+        "same server, same db"
+    );
+    assert!(matches!(
+        RedisLock::quorum(&u[..2], "x"),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        LockServer::quorum(&[u[0], "nope", u[2]]),
+        Err(Error::Redis(_))
+    ));
+
+    let q = LockServer::quorum(&u).unwrap();
+    assert_eq!(q.servers(), 3);
+    assert!(matches!(q.fenced("x"), Err(Error::InvalidInput(_))));
+    let (a, b) = (q.lock("a").unwrap(), q.lock("b").unwrap());
+    assert!(matches!(
+        try_acquire_all(&[&a, &b], Duration::from_secs(1)),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(RedisLock::quorum(&u, "fine").is_ok());
+}
+
+#[test]
+fn the_token_is_stored_on_a_majority_and_the_key_carries_it() {
+    let servers = start(3, Persistence::None);
+    let lease = quorum(&servers)
+        .lock("stored")
+        .unwrap()
+        .try_acquire(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    let token = lease.token().to_string();
+    let mut stored = 0;
+    for server in &servers {
+        let mut con = raw(server);
+        let value: Option<String> = con.get("fencelock:{stored}:lock").unwrap();
+        let counter: Option<String> = con.get("fencelock:{stored}:token").unwrap();
+        if value
+            .as_deref()
+            .is_some_and(|v| v.ends_with(&format!(":{token}")))
+        {
+            assert_eq!(counter.as_deref(), Some(token.as_str()));
+            stored += 1;
+        }
+    }
+    assert!(stored >= 2, "the token is stored on a majority: {stored}");
+}
+
+/// One server killed mid-run, restarted without persistence; another paused: locking goes on,
+/// tokens keep growing, and no call waits for a server it does not need.
+#[test]
+fn a_minority_down_or_paused_changes_nothing_but_latency() {
+    let mut servers = start(3, Persistence::None);
+    let handle = quick_builder()
+        .io_timeout(Duration::from_secs(3))
+        .quorum(
+            &urls(&servers)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let lock = handle.lock("minority").unwrap();
+    let mut last = FencingToken::new(0);
+    let mut round = |what: &str| {
+        for _ in 0..10 {
+            let began = Instant::now();
+            let lease = lock
+                .try_acquire(Duration::from_secs(10))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}: granted"));
+            assert!(lease.token() > last, "{what}: {} !> {last}", lease.token());
+            last = lease.token();
+            lease.release().unwrap();
+            // Not a timing target: far below the 3 s I/O timeout a stalled server would cost.
+            assert!(
+                began.elapsed() < Duration::from_secs(2),
+                "{what}: waited for a server it did not need"
+            );
+        }
+    };
+    round("all up");
+    servers[2].kill9();
+    round("one killed");
+    servers[2].restart(); // empty: it lost its keys and its counter
+    round("one restarted empty");
+    servers[0].pause();
+    round("one paused");
+    servers[0].resume();
+    round("all back");
+}
+
+#[test]
+fn tokens_grow_when_a_restarted_minority_lost_its_counters() {
+    for persistence in [Persistence::None, Persistence::AppendFsyncAlways] {
+        let mut servers = start(3, persistence);
+        let handle = quorum(&servers);
+        let lock = handle.lock("restart").unwrap();
+        let mut last = FencingToken::new(0);
+        for victim in [0, 1, 2, 0] {
+            // A release that the kill cut off leaves its key (persisted, with an append-only
+            // file) until its TTL: wait for it rather than assume it went.
+            let lease = lock
+                .acquire_timeout(Duration::from_secs(1), Duration::from_secs(15))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{persistence:?} victim {victim}: never granted"));
+            assert!(
+                lease.token() > last,
+                "{persistence:?}: {} !> {last}",
+                lease.token()
+            );
+            last = lease.token();
+            drop(lease);
+            servers[victim].kill9();
+            servers[victim].restart();
+        }
+    }
+}
+
+#[test]
+fn a_majority_down_is_an_error_within_the_timeouts_and_grants_nothing() {
+    let mut servers = start(3, Persistence::None);
+    let handle = quorum(&servers); // 500 ms connect and I/O timeouts
+    let lock = handle.lock("majority").unwrap();
+    drop(lock.try_acquire(Duration::from_secs(5)).unwrap().unwrap());
+    servers[0].kill9();
+    servers[1].pause();
+    let began = Instant::now();
+    let err = lock.try_acquire(Duration::from_secs(5)).unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(lock
+        .acquire_timeout(Duration::from_secs(5), Duration::from_secs(1))
+        .is_err());
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        began.elapsed()
+    );
+    // Nothing was granted: the one live server holds no key of ours (the claim was released).
+    servers[1].resume();
+    servers[0].restart();
+    // The paused server may still run the claim it received; it ends by its TTL at the latest.
+    let lease = lock
+        .acquire_timeout(Duration::from_secs(5), Duration::from_secs(20))
+        .unwrap()
+        .expect("the same handle works once a majority is back");
+    lease.release().unwrap();
+}
+
+#[test]
+fn five_servers_survive_two_failures_not_three() {
+    let mut servers = start(5, Persistence::None);
+    let handle = quorum(&servers);
+    let lock = handle.lock("five").unwrap();
+    servers[0].kill9();
+    servers[3].kill9();
+    let lease = lock
+        .try_acquire(Duration::from_secs(5))
+        .unwrap()
+        .expect("3 of 5");
+    let token = lease.token();
+    lease.release().unwrap();
+    servers[4].kill9();
+    assert!(lock
+        .try_acquire(Duration::from_secs(5))
+        .unwrap_err()
+        .is_unavailable());
+    servers[0].restart();
+    let lease = lock
+        .try_acquire(Duration::from_secs(5))
+        .unwrap()
+        .expect("3 of 5 again");
+    assert!(lease.token() > token);
+}
+
+#[test]
+fn a_lost_quorum_lease_names_the_newer_holder() {
+    let servers = start(3, Persistence::None);
+    let handle = quorum(&servers);
+    let lock = handle.lock("lost").unwrap();
+    let mut stalled = lock
+        .try_acquire(Duration::from_millis(100))
+        .unwrap()
+        .unwrap();
+    thread::sleep(Duration::from_millis(400));
+    let newer = lock.try_acquire(Duration::from_secs(10)).unwrap().unwrap();
+    // Too late to renew on a quorum (no validity left): lost, and it says who holds it now.
+    assert!(matches!(
+        stalled.renew(Duration::from_secs(1)),
+        Err(Error::Lost(LeaseLost::TakenOver { by })) if by == newer.token()
+    ));
+    let stalled = lock.try_acquire(Duration::from_millis(100)).unwrap();
+    assert!(stalled.is_none());
+    let old = handle.lock("lost2").unwrap();
+    let first = old
+        .try_acquire(Duration::from_millis(100))
+        .unwrap()
+        .unwrap();
+    thread::sleep(Duration::from_millis(400));
+    let second = old.try_acquire(Duration::from_secs(10)).unwrap().unwrap();
+    assert!(matches!(
+        first.release(),
+        Err(Error::Lost(LeaseLost::TakenOver { by })) if by == second.token()
+    ));
+    drop(newer);
+}
+
+/// Several clients lock one resource for a while; random holders stall past their validity.
+/// Every grant's validity window (from `remaining()` right after the grant, cut at the release)
+/// and every write a `RedisFenced` admitted are recorded; then: no two windows overlap, tokens
+/// order the grants, and the writes were admitted in token order.
+#[test]
+fn history_check_windows_never_overlap_and_writes_follow_tokens() {
+    const CLIENTS: usize = 4;
+    const GRANTS_PER_CLIENT: usize = 12;
+    let servers = start(3, Persistence::None);
+    let data = RedisProcess::start();
+    let ledger_url = data.url();
+    let grants = Mutex::new(Vec::new()); // (token, client, window start, window end)
+    let stalls = AtomicU64::new(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    thread::scope(|s| {
+        for client in 0..CLIENTS {
+            let (grants, stalls, servers) = (&grants, &stalls, &servers);
+            let ledger_url = ledger_url.clone();
+            s.spawn(move || {
+                let lock = quorum(servers).lock("history").unwrap();
+                let ledger = LockServer::open(&ledger_url)
+                    .unwrap()
+                    .fenced("history")
+                    .unwrap();
+                let mut rng = (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                for _ in 0..GRANTS_PER_CLIENT {
+                    assert!(Instant::now() < deadline, "history check ran out of time");
+                    let Some(lease) = lock
+                        .acquire_timeout(Duration::from_millis(150), Duration::from_secs(20))
+                        .unwrap()
+                    else {
+                        panic!("client {client} never got the lock");
+                    };
+                    let start = Instant::now();
+                    let end_by_validity = start + lease.remaining().unwrap_or_default();
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let stall = rng.is_multiple_of(4);
+                    if stall {
+                        stalls.fetch_add(1, SeqCst);
+                        thread::sleep(Duration::from_millis(300)); // past its validity
+                    }
+                    let mut write = redis::pipe();
+                    write
+                        .cmd("RPUSH")
+                        .arg("history-writes")
+                        .arg(lease.token().get());
+                    let _ = ledger.write(lease.token(), &write); // refused if a newer one wrote
+                    let end = Instant::now().min(end_by_validity);
+                    grants
+                        .lock()
+                        .unwrap()
+                        .push((lease.token(), client, start, end));
+                    let _ = lease.release();
+                }
+            });
+        }
+    });
+    let mut grants = grants.into_inner().unwrap();
+    assert_eq!(grants.len(), CLIENTS * GRANTS_PER_CLIENT);
+    assert!(
+        stalls.load(SeqCst) > 0,
+        "the xorshift seeds stall some holders"
+    );
+    grants.sort_by_key(|g| g.0);
+    for pair in grants.windows(2) {
+        let (earlier, later) = (&pair[0], &pair[1]);
+        assert!(
+            earlier.0 < later.0,
+            "two grants with one token: {:?}",
+            earlier.0
+        );
+        assert!(
+            earlier.3 <= later.2,
+            "validity windows overlap: token {} (client {}) until {:?} after token {} (client {}) began",
+            earlier.0, earlier.1, earlier.3.duration_since(later.2), later.0, later.1
+        );
+    }
+    let mut con = raw(&data);
+    let writes: Vec<u64> = con.lrange("history-writes", 0, -1).unwrap();
+    assert!(!writes.is_empty());
+    assert!(
+        writes.windows(2).all(|w| w[0] <= w[1]),
+        "a lower token was admitted after a higher: {writes:?}"
+    );
+}
