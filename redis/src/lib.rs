@@ -39,6 +39,34 @@
 //! handle, pooled and shared by every lock made from it; each call is bounded by the connect and
 //! I/O timeouts.
 //!
+//! # A quorum of independent servers
+//!
+//! [`LockServer::quorum`] spreads each lease over an odd number `2f + 1` of independent servers,
+//! any `f` of which may be down, paused or slow: the same [`RedisLock`], [`RedisLease`] and
+//! errors, a majority deciding every call. Unlike Redlock, every lease still carries a token
+//! larger than every earlier lease's: round 1 claims the key on every server and reads each
+//! server's floor (`max(counter, time in µs)`); round 2 stores `max(floor) + 1` only where the
+//! claim is still present, and the lease holds once a majority stored it. Why that keeps tokens
+//! growing with no timing assumption — only that a majority of servers keep their data, or do
+//! not move their clocks back — is argued in the `protocol::quorum` module. The blocking API
+//! asks every server at once from the caller's thread (non-blocking sockets) and returns as soon
+//! as a majority decided; it never waits for a server it does not need.
+//!
+//! ```
+//! # #[path = "../tests/support/server.rs"] mod server;
+//! # let servers: Vec<_> = (0..3).map(|_| server::RedisProcess::start()).collect();
+//! # let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+//! # let (a, b, c) = (urls[0].as_str(), urls[1].as_str(), urls[2].as_str());
+//! use std::time::Duration;
+//! use fencelock_redis::RedisLock;
+//!
+//! let lock = RedisLock::quorum(&[a, b, c], "AAPL")?; // three independent servers
+//! let lease = lock.try_acquire(Duration::from_secs(5))?.expect("free");
+//! assert!(lock.try_acquire(Duration::from_secs(5))?.is_none());
+//! lease.release()?;
+//! # Ok::<(), fencelock_redis::Error>(())
+//! ```
+//!
 //! # What is assumed, and what happens when it breaks
 //!
 //! - **Mutual exclusion of leases** assumes the server's clock and ours advance at about the same
@@ -60,8 +88,14 @@
 //!   survives a crash is what the server's persistence keeps (`appendonly yes` with
 //!   `appendfsync always` keeps every acknowledged write across `kill -9`).
 //!
+//! - **A quorum's lease** additionally assumes bounded clock drift between the client and every
+//!   server (its validity counts from before round 1 was sent); its *tokens* assume only that a
+//!   majority of servers keep their data, or that the clocks of those that lost it do not go
+//!   back.
+//!
 //! The tests in `redis/tests/` start real servers and show each case: a stalled holder taken
-//! over, `kill -9` with and without an append-only file, a paused server, a clock-like expiry.
+//! over, `kill -9` with and without an append-only file, a paused server, a key expiring early,
+//! a counter lost together with the clock going back, a minority and a majority of a quorum down.
 
 #![warn(missing_docs, rust_2018_idioms)]
 

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -296,83 +294,173 @@ fn a_lost_quorum_lease_names_the_newer_holder() {
     drop(newer);
 }
 
-/// Several clients lock one resource for a while; random holders stall past their validity.
-/// Every grant's validity window (from `remaining()` right after the grant, cut at the release)
-/// and every write a `RedisFenced` admitted are recorded; then: no two windows overlap, tokens
-/// order the grants, and the writes were admitted in token order.
+/// One grant in the history: its token, its client, and its validity window in nanoseconds of
+/// the wall clock (the one clock that threads and processes on this machine share).
+#[derive(Clone, Copy, Debug)]
+struct Grant {
+    token: FencingToken,
+    client: usize,
+    start: u128,
+    end: u128,
+}
+
+/// Set in the environment of a child process: it then runs as one client of the history check,
+/// `quorum-urls (comma-separated) ledger-url client-number`, and prints its grants.
+const HISTORY_CLIENT: &str = "FENCELOCK_HISTORY_CLIENT";
+const GRANTS_PER_CLIENT: usize = 12;
+
+fn wall_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// One client: takes the lock `GRANTS_PER_CLIENT` times; a quarter of the time it stalls past
+/// its validity before its fenced write (refused if a newer holder wrote).
+fn history_client(quorum_urls: &[&str], ledger_url: &str, client: usize) -> (Vec<Grant>, u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lock = LockServer::quorum(quorum_urls)
+        .unwrap()
+        .lock("history")
+        .unwrap();
+    let ledger = LockServer::open(ledger_url)
+        .unwrap()
+        .fenced("history")
+        .unwrap();
+    let mut rng = (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let (mut grants, mut stalls) = (Vec::new(), 0);
+    for _ in 0..GRANTS_PER_CLIENT {
+        assert!(Instant::now() < deadline, "history check ran out of time");
+        let lease = lock
+            .acquire_timeout(Duration::from_millis(150), Duration::from_secs(20))
+            .unwrap()
+            .unwrap_or_else(|| panic!("client {client} never got the lock"));
+        let start = wall_nanos();
+        let end_by_validity = start + lease.remaining().unwrap_or_default().as_nanos();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        if rng.is_multiple_of(4) {
+            stalls += 1;
+            thread::sleep(Duration::from_millis(300)); // past its validity
+        }
+        let mut write = redis::pipe();
+        write
+            .cmd("RPUSH")
+            .arg("history-writes")
+            .arg(lease.token().get());
+        let _ = ledger.write(lease.token(), &write); // refused if a newer one wrote
+        let end = wall_nanos().min(end_by_validity);
+        grants.push(Grant {
+            token: lease.token(),
+            client,
+            start,
+            end,
+        });
+        let _ = lease.release();
+    }
+    (grants, stalls)
+}
+
+/// The child side of the history check: does nothing unless started by it.
+#[test]
+fn history_client_process() {
+    let Ok(spec) = std::env::var(HISTORY_CLIENT) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let urls: Vec<&str> = parts[0].split(',').collect();
+    let (grants, stalls) = history_client(&urls, parts[1], parts[2].parse().unwrap());
+    for g in grants {
+        println!("grant {} {} {} {}", g.token.get(), g.client, g.start, g.end);
+    }
+    println!("stalls {stalls}");
+}
+
+/// Several clients — threads of this process and child processes — lock one resource for a
+/// while; random holders stall past their validity. Every grant's validity window (from
+/// `remaining()` right after the grant, cut at the release) and every write a `RedisFenced`
+/// admitted are recorded; then: no two windows overlap, tokens order the grants, and the writes
+/// were admitted in token order.
 #[test]
 fn history_check_windows_never_overlap_and_writes_follow_tokens() {
-    const CLIENTS: usize = 4;
-    const GRANTS_PER_CLIENT: usize = 12;
+    const THREADS: usize = 3;
+    const PROCESSES: usize = 2;
     let servers = start(3, Persistence::None);
     let data = RedisProcess::start();
+    let urls = urls(&servers);
+    let quorum_urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     let ledger_url = data.url();
-    let grants = Mutex::new(Vec::new()); // (token, client, window start, window end)
-    let stalls = AtomicU64::new(0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    thread::scope(|s| {
-        for client in 0..CLIENTS {
-            let (grants, stalls, servers) = (&grants, &stalls, &servers);
-            let ledger_url = ledger_url.clone();
-            s.spawn(move || {
-                let lock = quorum(servers).lock("history").unwrap();
-                let ledger = LockServer::open(&ledger_url)
-                    .unwrap()
-                    .fenced("history")
-                    .unwrap();
-                let mut rng = (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                for _ in 0..GRANTS_PER_CLIENT {
-                    assert!(Instant::now() < deadline, "history check ran out of time");
-                    let Some(lease) = lock
-                        .acquire_timeout(Duration::from_millis(150), Duration::from_secs(20))
-                        .unwrap()
-                    else {
-                        panic!("client {client} never got the lock");
-                    };
-                    let start = Instant::now();
-                    let end_by_validity = start + lease.remaining().unwrap_or_default();
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let stall = rng.is_multiple_of(4);
-                    if stall {
-                        stalls.fetch_add(1, SeqCst);
-                        thread::sleep(Duration::from_millis(300)); // past its validity
-                    }
-                    let mut write = redis::pipe();
-                    write
-                        .cmd("RPUSH")
-                        .arg("history-writes")
-                        .arg(lease.token().get());
-                    let _ = ledger.write(lease.token(), &write); // refused if a newer one wrote
-                    let end = Instant::now().min(end_by_validity);
-                    grants
-                        .lock()
-                        .unwrap()
-                        .push((lease.token(), client, start, end));
-                    let _ = lease.release();
-                }
-            });
-        }
+    let children: Vec<std::process::Child> = (0..PROCESSES)
+        .map(|p| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "history_client_process",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    HISTORY_CLIENT,
+                    format!("{} {ledger_url} {}", urls.join(","), THREADS + p),
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a client process")
+        })
+        .collect();
+    let (mut grants, mut stalls) = thread::scope(|s| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|client| {
+                let (quorum_urls, ledger_url) = (&quorum_urls, &ledger_url);
+                s.spawn(move || history_client(quorum_urls, ledger_url, client))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .fold((Vec::new(), 0), |(mut all, n), t| {
+                let (grants, stalls) = t.join().unwrap();
+                all.extend(grants);
+                (all, n + stalls)
+            })
     });
-    let mut grants = grants.into_inner().unwrap();
-    assert_eq!(grants.len(), CLIENTS * GRANTS_PER_CLIENT);
-    assert!(
-        stalls.load(SeqCst) > 0,
-        "the xorshift seeds stall some holders"
-    );
-    grants.sort_by_key(|g| g.0);
+    for child in children {
+        let output = wait_bounded(child, Duration::from_secs(90));
+        assert!(output.status.success(), "a client process failed");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            // The test harness may print its own words before ours on a line.
+            let ours = ["grant ", "stalls "]
+                .iter()
+                .find_map(|word| line.find(word));
+            let Some(at) = ours else { continue };
+            let words: Vec<&str> = line[at..].split(' ').collect();
+            match words.as_slice() {
+                ["grant", token, client, start, end] => grants.push(Grant {
+                    token: FencingToken::new(token.parse().unwrap()),
+                    client: client.parse().unwrap(),
+                    start: start.parse().unwrap(),
+                    end: end.parse().unwrap(),
+                }),
+                ["stalls", n] => stalls += n.parse::<u64>().unwrap(),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(grants.len(), (THREADS + PROCESSES) * GRANTS_PER_CLIENT);
+    assert!(stalls > 0, "the xorshift seeds stall some holders");
+    grants.sort_by_key(|g| g.token);
     for pair in grants.windows(2) {
         let (earlier, later) = (&pair[0], &pair[1]);
         assert!(
-            earlier.0 < later.0,
+            earlier.token < later.token,
             "two grants with one token: {:?}",
-            earlier.0
+            earlier.token
         );
         assert!(
-            earlier.3 <= later.2,
-            "validity windows overlap: token {} (client {}) until {:?} after token {} (client {}) began",
-            earlier.0, earlier.1, earlier.3.duration_since(later.2), later.0, later.1
+            earlier.end <= later.start,
+            "validity windows overlap: token {} (client {}) ends {} ns after token {} (client {}) began",
+            earlier.token, earlier.client, earlier.end - later.start, later.token, later.client
         );
     }
     let mut con = raw(&data);
@@ -382,4 +470,17 @@ fn history_check_windows_never_overlap_and_writes_follow_tokens() {
         writes.windows(2).all(|w| w[0] <= w[1]),
         "a lower token was admitted after a higher: {writes:?}"
     );
+}
+
+/// Waits for `child` at most `limit` (polling, bounded), killing it past that.
+fn wait_bounded(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("a client process ran past {limit:?}");
 }
