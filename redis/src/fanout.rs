@@ -22,8 +22,13 @@ use crate::error::{Error, InvalidInput};
 use crate::protocol::quorum::Tally;
 use crate::protocol::{self, resp, Request};
 
-/// Unanswered requests a pooled socket may carry before it is closed rather than reused.
+/// Unanswered requests a socket may carry before the server is skipped for new requests (counted
+/// as failed at once): it has stopped answering, or fallen far behind.
 const MAX_UNANSWERED: usize = 8;
+/// The same bound for releases, higher: every claim that was sent must be followed by its release
+/// on the same socket (or the server would keep a claim nobody releases until its TTL), and since
+/// claims stop at [`MAX_UNANSWERED`], releases stay below this.
+const MAX_UNANSWERED_RELEASES: usize = 64;
 /// Sockets kept per server.
 const MAX_IDLE_SOCKETS: usize = 64;
 /// How long a server that refused a connection (or timed one out) is skipped.
@@ -99,15 +104,15 @@ impl Sockets {
     /// A pooled socket (with whether it was reused), or a new one. A server that has left too
     /// many requests unanswered on its socket is not sent another: it counts as failed at once
     /// (and no new connection piles onto a server that stopped answering).
-    fn take(&self) -> Result<(Socket, bool), Error> {
+    fn take(&self, limit: usize) -> Result<(Socket, bool), Error> {
         // (The pool's lock is released before the socket is looked at.)
         let pooled = self.idle().pop();
         if let Some(mut socket) = pooled {
-            if socket.discard >= MAX_UNANSWERED {
+            if socket.discard >= limit {
                 if drain(&mut socket).is_err() {
-                    return self.take();
+                    return self.take(limit);
                 }
-                if socket.discard >= MAX_UNANSWERED {
+                if socket.discard >= limit {
                     self.give_back(socket);
                     return Err(unreachable("not answering: too many requests unanswered"));
                 }
@@ -250,10 +255,11 @@ pub(crate) fn round<T: Tally>(
 /// `EVAL`, with the script's source: nobody will read a `NOSCRIPT` to send it again.
 pub(crate) fn send_and_forget(sockets: &[Sockets], request: impl Fn(usize) -> Request) {
     for (server, node) in sockets.iter().enumerate() {
-        let Ok((mut socket, _)) = node.take() else {
+        let request = request(server);
+        let Ok((mut socket, _)) = node.take(unanswered_limit(&request)) else {
             continue;
         };
-        if write(&mut socket, &request(server).eval().get_packed_command()).is_ok() {
+        if write(&mut socket, &request.eval().get_packed_command()).is_ok() {
             socket.discard += 1;
             node.give_back(socket);
         }
@@ -269,8 +275,17 @@ fn finish<O>(flying: Vec<InFlight<'_>>, outcome: O) -> O {
     outcome
 }
 
+/// How many unanswered requests a server's socket may carry before it is skipped for `request`.
+fn unanswered_limit(request: &Request) -> usize {
+    if request.is_release() {
+        MAX_UNANSWERED_RELEASES
+    } else {
+        MAX_UNANSWERED
+    }
+}
+
 fn send(sockets: &Sockets, server: usize, request: Request) -> Result<InFlight<'_>, Error> {
-    let (mut socket, reused) = sockets.take()?;
+    let (mut socket, reused) = sockets.take(unanswered_limit(&request))?;
     match write(&mut socket, &request.evalsha().get_packed_command()) {
         Ok(()) => {}
         Err(_) if reused => {

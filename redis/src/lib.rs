@@ -45,7 +45,7 @@
 //! any `f` of which may be down, paused or slow: the same [`RedisLock`], [`RedisLease`] and
 //! errors, a majority deciding every call. Unlike Redlock, every lease still carries a token
 //! larger than every earlier lease's: round 1 claims the key on every server and reads each
-//! server's floor (`max(counter, time in µs)`); round 2 stores `max(floor) + 1` only where the
+//! server's floor (its counter, or its time in µs where it has none); round 2 stores `max(floor) + 1` only where the
 //! claim is still present, and the lease holds once a majority stored it. Why that keeps tokens
 //! growing with no timing assumption — only that a majority of servers keep their data, or do
 //! not move their clocks back — is argued in the `protocol::quorum` module. The blocking API
@@ -78,7 +78,8 @@
 //!   checking `remaining()`. None of these can be prevented by a lock; all of them are caught by
 //!   fencing: the older holder's writes to a [`RedisFenced`] resource are refused.
 //! - **Tokens only grow** while the resource's token counter survives, *or* while the server's
-//!   clock does not go back: each token is `max(last + 1, server time in µs)`. So a
+//!   clock does not go back: each token is the counter + 1, or the server's time in µs where
+//!   there is no counter. So a
 //!   counter lost in a restart, or expired after [`COUNTER_IDLE`] without use, is reborn above
 //!   every token issued before (given fewer than one token per microsecond on average; a
 //!   Redis server issues far fewer). Only a restart that lost the counter *and* a clock that went

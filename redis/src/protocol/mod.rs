@@ -20,11 +20,13 @@
 //!
 //! # Tokens
 //!
-//! A token is `max(last + 1, TIME in µs)`, computed by the server inside the script that
-//! grants the lock. So tokens grow across grants while the counter survives (even if the server's
-//! clock goes back), *and* across a restart that lost the counter or an idle counter that expired
-//! (as long as the server's clock did not go back and fewer than one token per microsecond
-//! were issued on average). Both would have to fail at once for a token to repeat. Lua numbers
+//! A token is the resource's counter + 1 — or, where the resource has no counter (new, lost in a
+//! restart, or expired [`COUNTER_IDLE`] after its last use), the server's `TIME` in µs — computed
+//! by the server inside the script that grants the lock. So tokens grow across grants while the
+//! counter survives (even if the server's clock goes back), *and* across a restart that lost the
+//! counter or an idle counter that expired (as long as the server's clock did not go back and
+//! fewer than one token per microsecond were issued on average since the counter was born). Both
+//! would have to fail at once for a token to repeat. Lua numbers
 //! are doubles: tokens stay below 2⁵³ (exact in a double) until the year 2255, every token crosses
 //! the Lua boundary as a string of digits (`%.0f`, never Lua's default `%.14g`), and the script
 //! refuses to issue one at or above 2⁵³.
@@ -215,6 +217,11 @@ impl Request {
         self
     }
 
+    /// Whether this request releases a lease (which a server must get after the claim it follows).
+    pub(crate) fn is_release(&self) -> bool {
+        core::ptr::eq(self.lua, LazyLock::force(&RELEASE))
+    }
+
     /// The script this request runs (to load it after `NOSCRIPT`).
     pub(crate) fn script(&self) -> &'static Script {
         &self.lua.script
@@ -256,12 +263,19 @@ pub(crate) fn is_noscript(error: &redis::RedisError) -> bool {
     error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
-/// `next_token(counter, idle_ms, now_us)`: the next token for the counter key, stored back with
-/// the idle TTL; a string of digits, or nil past 2⁵³ − 1.
+/// `next_token(counter, idle_ms)`: the next token for the counter key — its value + 1, or the
+/// server's time in µs where there is none — stored back with the idle TTL; a string of digits,
+/// or nil past 2⁵³ − 1.
 const NEXT_TOKEN_LUA: &str = r"
-local function next_token(counter, idle_ms, now_us)
-  local last = tonumber(redis.call('GET', counter) or '0')
-  local token = math.max(last + 1, now_us)
+local function next_token(counter, idle_ms)
+  local last = redis.call('GET', counter)
+  local token
+  if last then
+    token = tonumber(last) + 1
+  else
+    local time = redis.call('TIME')
+    token = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  end
   if token > 9007199254740991 then
     return nil
   end
@@ -270,6 +284,30 @@ local function next_token(counter, idle_ms, now_us)
   return digits
 end
 ";
+
+/// [`ACQUIRE`] for one lock (KEYS: lock key, counter key), without its loops and tables: the
+/// common case, kept cheap for the server. Same arguments, same replies.
+static ACQUIRE_ONE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&format!(
+        "{NEXT_TOKEN_LUA}{}",
+        r"
+local mine = ARGV[1]
+local current = redis.call('GET', KEYS[1])
+if current then
+  if string.sub(current, 1, #mine) == mine then
+    return {string.sub(current, #mine + 1)}
+  end
+  return nil
+end
+local token = next_token(KEYS[2], ARGV[3])
+if not token then
+  return redis.error_reply('fencelock: token space exhausted (2^53)')
+end
+redis.call('SET', KEYS[1], mine .. token, 'PX', ARGV[2])
+return {token}
+"
+    ))
+});
 
 /// Acquires every lock named in KEYS (pairs: lock key, counter key), all or nothing.
 ///
@@ -299,15 +337,13 @@ if held_by_other then
   end
   return nil
 end
-local time = redis.call('TIME')
-local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local tokens = {}
 for i = 1, #KEYS, 2 do
   local token
   if current[i] then
     token = string.sub(current[i], #mine + 1)
   else
-    token = next_token(KEYS[i + 1], ARGV[3], now_us)
+    token = next_token(KEYS[i + 1], ARGV[3])
     if not token then
       return redis.error_reply('fencelock: token space exhausted (2^53)')
     end
@@ -379,8 +415,8 @@ return {1}
 
 /// Round 1 of a quorum acquisition, on each server. KEYS: lock key, counter key. ARGV: `nonce:`,
 /// TTL ms. Sets the lock key to `nonce:` (no token yet) if it is absent — or counts it as set if
-/// it already holds this nonce (a resend) — and returns {1, floor}, where floor = max(the
-/// counter, the server's time in µs) as digits: the token must exceed it. Returns {0, value}
+/// it already holds this nonce (a resend) — and returns {1, floor}, where floor = the counter, or
+/// the server's time in µs where there is none, as digits: the token must exceed it. Returns {0, value}
 /// when another acquisition holds the key (nothing changed).
 static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
@@ -392,10 +428,12 @@ end
 if not current then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
+local last = redis.call('GET', KEYS[2])
+if last then
+  return {1, last}
+end
 local time = redis.call('TIME')
-local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-return {1, string.format('%.0f', math.max(last, now_us))}
+return {1, string.format('%.0f', tonumber(time[1]) * 1000000 + tonumber(time[2]))}
 ",
     )
 });
@@ -484,6 +522,9 @@ pub(crate) fn acquire<'a>(
     let mut call = Request::new(&ACQUIRE);
     for keys in locks {
         call.key(&keys.lock).key(&keys.counter);
+    }
+    if call.keys.len() == 2 {
+        call.lua = LazyLock::force(&ACQUIRE_ONE);
     }
     call.arg(nonce.prefix())
         .arg(ttl_ms)
@@ -685,9 +726,9 @@ fn unexpected(detail: String) -> Error {
 
 /// A fresh 128-bit value that tells one acquisition from every other, as 32 hex digits.
 ///
-/// Unique, not secret: two SipHash outputs keyed by `RandomState` (random keys from the OS, per
-/// thread, stepped for each new state) over a process-wide counter, the process id and the wall
-/// clock. No acquisition anywhere reuses another's nonce except with probability ~2⁻¹²⁸.
+/// Unique, not secret: two SipHash outputs, under a thread's own `RandomState` (random keys from
+/// the OS), of a process-wide counter and a per-thread seed (process id, wall clock). No
+/// acquisition anywhere reuses another's nonce except with probability ~2⁻¹²⁸.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Nonce(String);
 
@@ -706,13 +747,21 @@ impl Nonce {
 /// Two random 64-bit words (see [`Nonce`]); also the jitter of retry delays.
 pub(crate) fn random_words() -> [u64; 2] {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        // Random keys from the OS, once per thread (and the process id and clock besides).
+        static KEYS: (RandomState, u64) = (RandomState::new(), seed());
+    }
     // A unique number per call; Relaxed: uniqueness needs only the atomicity of fetch_add.
     let sequence = SEQUENCE.fetch_add(1, Relaxed);
+    KEYS.with(|(keys, seed)| [0_u8, 1].map(|salt| keys.hash_one((salt, sequence, *seed))))
+}
+
+/// The process id and the wall clock at a thread's first nonce, mixed into every later one.
+fn seed() -> u64 {
     let wall = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let word = |salt: u8| RandomState::new().hash_one((salt, sequence, std::process::id(), wall));
-    [word(0), word(1)]
+    RandomState::new().hash_one((std::process::id(), wall))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //!
 //! An acquisition holds the lock only once a majority of the `n` servers *stored* its token `t`
 //! (round 2), each only while its key was still present there. Round 1 asked every server for
-//! its floor — `max(counter, server time in µs)` — and `t` is one more than the largest floor
+//! its floor — its counter, or its time in µs where it has none — and `t` is one more than the largest floor
 //! among the servers that granted. Take any later acquisition: its round-1 majority meets our
 //! round-2 majority on some server `S` (two majorities of `n` always share one). On `S` it could
 //! set its key only after ours was gone, so after our `t` was stored, so it read a floor of at
