@@ -14,6 +14,9 @@ use crate::node::{Node, Resend};
 use crate::protocol::{self, quorum::Tally, Request};
 use crate::{RedisFenced, RedisLock};
 
+/// The longest connect or I/O timeout accepted.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// A handle to the lock server: one Redis server, or a quorum of `2f + 1` independent ones of
 /// which any `f` may fail ([`quorum`](Self::quorum)). Its connections and settings.
 ///
@@ -72,6 +75,9 @@ pub(crate) struct Settings {
 /// | [`io_timeout`](Self::io_timeout) | 1 s | sending one request, and waiting for its reply |
 /// | [`key_prefix`](Self::key_prefix) | `fencelock:` | the namespace of every key |
 /// | [`retry_delay`](Self::retry_delay) | 2 ms to 64 ms | waits between tries of `acquire_timeout` |
+///
+/// Timeouts must be between a millisecond and an hour; [`open`](Self::open) and the other
+/// constructors refuse others with [`Error::InvalidInput`].
 ///
 /// Every call to the server is bounded by the two timeouts (a reconnect included); a server that
 /// is down, killed or paused gives [`Error::Redis`] within them.
@@ -212,6 +218,13 @@ impl LockServerBuilder {
             if timeout.is_zero() {
                 return Err(InvalidInput::new(format!(
                     "a zero {what} would fail every call: use at least a millisecond"
+                ))
+                .into());
+            }
+            if timeout > MAX_TIMEOUT {
+                return Err(InvalidInput::new(format!(
+                    "a {what} of {timeout:?} is longer than the {MAX_TIMEOUT:?} a lock call may \
+                     wait: use a shorter one"
                 ))
                 .into());
             }
@@ -363,6 +376,7 @@ impl LockServer {
     /// The longest a caller waits for one round of a quorum: the I/O timeout, and never past
     /// `valid_until` (after which the round's result is worthless).
     pub(crate) fn round_deadline(&self, valid_until: Instant) -> Instant {
+        // An I/O timeout is at most an hour (checked when the handle was built).
         (Instant::now() + self.inner.settings.io_timeout).min(valid_until)
     }
 }

@@ -173,6 +173,8 @@ fn bad_inputs_are_typed_errors() {
     }
     for builder in [
         LockServer::builder().io_timeout(Duration::ZERO),
+        LockServer::builder().io_timeout(Duration::MAX),
+        LockServer::builder().connect_timeout(Duration::from_secs(7200)),
         LockServer::builder().connect_timeout(Duration::ZERO),
         LockServer::builder().retry_delay(Duration::ZERO, Duration::ZERO),
         LockServer::builder().retry_delay(Duration::from_secs(2), Duration::from_secs(1)),
