@@ -103,6 +103,7 @@
 mod error;
 mod fanout;
 mod fenced;
+mod keep_alive;
 mod lock;
 mod node;
 mod protocol;
@@ -110,6 +111,7 @@ mod server;
 
 pub use error::{Error, InvalidInput};
 pub use fenced::RedisFenced;
+pub use keep_alive::{KeepAlive, KeptLease};
 pub use lock::{try_acquire_all, RedisLease, RedisLock};
 pub use protocol::{
     drift_allowance, COUNTER_IDLE, MAX_NAME_LEN, MAX_PREFIX_LEN, MAX_TOKEN, MAX_TTL, MIN_TTL,

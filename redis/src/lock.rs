@@ -161,7 +161,13 @@ impl RedisLock {
         let Some(tokens) = protocol::decode_acquire(&reply, 1)? else {
             return Ok(Attempt::Held);
         };
-        let lease = RedisLease::granted(self, nonce, tokens[0], protocol::valid_until(sent, ttl));
+        let lease = RedisLease::granted(
+            self,
+            nonce,
+            tokens[0],
+            ttl,
+            protocol::valid_until(sent, ttl),
+        );
         if lease.is_valid() {
             Ok(Attempt::Granted(lease))
         } else {
@@ -203,7 +209,7 @@ impl RedisLock {
         );
         match stored {
             MajorityOutcome::Done => {
-                let lease = RedisLease::granted(self, nonce, token, valid_until);
+                let lease = RedisLease::granted(self, nonce, token, ttl, valid_until);
                 if lease.is_valid() {
                     return Ok(Attempt::Granted(lease));
                 }
@@ -262,18 +268,27 @@ pub struct RedisLease {
     keys: Arc<LockKeys>,
     nonce: Nonce,
     token: FencingToken,
+    /// The TTL it was granted or last renewed with (a [`KeptLease`](crate::KeptLease) renews to it).
+    ttl: Duration,
     valid_until: Instant,
     /// Still to be released: false after `release`, or once the server said it is not ours.
     held: bool,
 }
 
 impl RedisLease {
-    fn granted(lock: &RedisLock, nonce: Nonce, token: FencingToken, valid_until: Instant) -> Self {
+    fn granted(
+        lock: &RedisLock,
+        nonce: Nonce,
+        token: FencingToken,
+        ttl: Duration,
+        valid_until: Instant,
+    ) -> Self {
         Self {
             server: lock.server.clone(),
             keys: Arc::clone(&lock.keys),
             nonce,
             token,
+            ttl,
             valid_until,
             held: true,
         }
@@ -298,6 +313,16 @@ impl RedisLease {
             return None;
         }
         Some(self.valid_until.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+    }
+
+    /// The TTL this lease was granted, or last renewed, with.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// When the lease stops being valid by the local clock (see [`remaining`](Self::remaining)).
+    pub(crate) fn valid_until(&self) -> Instant {
+        self.valid_until
     }
 
     /// `remaining().is_some()`.
@@ -335,7 +360,10 @@ impl RedisLease {
             self.renew_quorum(ttl_ms, sent)
         };
         match outcome {
-            Ok(()) => self.valid_until = protocol::valid_until(sent, ttl),
+            Ok(()) => {
+                self.valid_until = protocol::valid_until(sent, ttl);
+                self.ttl = ttl;
+            }
             Err(Error::Lost(_)) => self.lose(),
             Err(_) => {}
         }
@@ -510,7 +538,13 @@ pub fn try_acquire_all(
         .iter()
         .zip(tokens)
         .map(|(lock, token)| {
-            RedisLease::granted(lock, nonce.clone(), token, protocol::valid_until(sent, ttl))
+            RedisLease::granted(
+                lock,
+                nonce.clone(),
+                token,
+                ttl,
+                protocol::valid_until(sent, ttl),
+            )
         })
         .collect();
     if leases.iter().all(RedisLease::is_valid) {
