@@ -276,7 +276,7 @@ impl Servers {
     }
 }
 
-/// `host:port` of a `redis://host:port` URL, for the shorter lines.
+/// The `host:port` part of a Redis URL, for the shorter lines.
 fn short(url: &str) -> &str {
     url.strip_prefix("redis://").unwrap_or(url)
 }
