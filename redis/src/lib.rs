@@ -39,6 +39,13 @@
 //! handle, pooled and shared by every lock made from it; each call is bounded by the connect and
 //! I/O timeouts.
 //!
+//! # Work that outlives a TTL
+//!
+//! [`RedisLease::keep_alive`] hands the lease to a renewer thread and returns a [`KeptLease`]:
+//! renewed every third of the TTL (see [`KeepAlive`]) until released, capped, or lost — and a
+//! lost lease says so ([`KeptLease::lost`]) no later than its last validity would have ended,
+//! instead of the holder writing on.
+//!
 //! # A quorum of independent servers
 //!
 //! [`LockServer::quorum`] spreads each lease over an odd number `2f + 1` of independent servers,
