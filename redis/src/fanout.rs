@@ -32,7 +32,10 @@ const MAX_UNANSWERED_RELEASES: usize = 64;
 /// Sockets kept per server.
 const MAX_IDLE_SOCKETS: usize = 64;
 /// How long a server that refused a connection (or timed one out) is skipped.
+/// It doubles after each further timed-out connection, up to [`MAX_COOL_DOWN`], and resets on
+/// a connection that opens.
 const COOL_DOWN: Duration = Duration::from_millis(250);
+const MAX_COOL_DOWN: Duration = Duration::from_secs(8);
 /// Reads of all sockets between yields before the poll loop starts to sleep.
 const SPIN_READS: u32 = 64;
 /// The longest sleep between two reads of the sockets.
@@ -46,7 +49,8 @@ pub(crate) struct Sockets {
     setup: (Vec<u8>, usize),
     connect_timeout: Duration,
     idle: Mutex<Vec<Socket>>,
-    skip_until: Mutex<Option<Instant>>,
+    /// Until when the server is skipped after a timed-out connection, and the next cool-down.
+    skip_until: Mutex<(Option<Instant>, Duration)>,
 }
 
 /// A non-blocking connection to one server.
@@ -86,7 +90,7 @@ impl Sockets {
             setup: (setup.get_packed_pipeline(), setup.len()),
             connect_timeout,
             idle: Mutex::new(Vec::new()),
-            skip_until: Mutex::new(None),
+            skip_until: Mutex::new((None, COOL_DOWN)),
         }
     }
 
@@ -95,7 +99,7 @@ impl Sockets {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn skip_until(&self) -> MutexGuard<'_, Option<Instant>> {
+    fn skip_until(&self) -> MutexGuard<'_, (Option<Instant>, Duration)> {
         self.skip_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -121,21 +125,30 @@ impl Sockets {
         }
         if self
             .skip_until()
+            .0
             .is_some_and(|until| Instant::now() < until)
         {
             return Err(unreachable(
                 "skipped for a moment after a failed connection",
             ));
         }
-        self.connect()
-            .map(|socket| (socket, false))
-            .inspect_err(|error| {
-                // A refused connection is an instant answer; one that timed out cost the caller
-                // its connect timeout, and would again: skip this server for a moment.
-                if matches!(error, Error::Redis(e) if e.is_timeout()) {
-                    *self.skip_until() = Some(Instant::now() + COOL_DOWN);
-                }
-            })
+        let opened = self.connect();
+        let mut skip = self.skip_until();
+        match &opened {
+            Ok(_) => *skip = (None, COOL_DOWN),
+            // A refused connection is an instant answer; one that timed out cost the caller its
+            // connect timeout, and would again: skip this server for a while, longer each time.
+            Err(Error::Redis(e)) if e.is_timeout() => {
+                let cool_down = skip.1;
+                *skip = (
+                    Some(Instant::now() + cool_down),
+                    (cool_down * 2).min(MAX_COOL_DOWN),
+                );
+            }
+            Err(_) => {}
+        }
+        drop(skip);
+        opened.map(|socket| (socket, false))
     }
 
     #[cold]

@@ -484,3 +484,53 @@ fn wait_bounded(mut child: std::process::Child, limit: Duration) -> std::process
     let _ = child.kill();
     panic!("a client process ran past {limit:?}");
 }
+
+/// A server that does not answer connections at all (a listener whose backlog is full, as a
+/// host cut off by the network): each connection attempt to it costs a connect timeout, so it is
+/// skipped for a growing while after one times out — most calls do not pay for it.
+#[test]
+fn a_blackholed_minority_is_skipped_not_waited_for() {
+    use std::net::{TcpListener, TcpStream};
+    let servers = start(2, Persistence::None);
+    let blackhole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = blackhole.local_addr().unwrap();
+    // Fill the listener's accept queue (never accepting), so new connections hang.
+    let mut fillers = Vec::new();
+    let mut hanging = false;
+    for _ in 0..4096 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(stream) => fillers.push(stream),
+            Err(_) => {
+                hanging = true;
+                break;
+            }
+        }
+    }
+    assert!(hanging, "could not fill the listener's backlog");
+    let mut urls = urls(&servers);
+    urls.push(format!("redis://{addr}"));
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let connect_timeout = Duration::from_millis(200);
+    let handle = quick_builder()
+        .connect_timeout(connect_timeout)
+        .quorum(&urls)
+        .unwrap();
+    let lock = handle.lock("blackhole").unwrap();
+    let mut slow = 0;
+    for _ in 0..20 {
+        let began = Instant::now();
+        let lease = lock
+            .try_acquire(Duration::from_secs(10))
+            .unwrap()
+            .expect("2 of 3");
+        lease.release().unwrap();
+        if began.elapsed() >= connect_timeout {
+            slow += 1;
+        }
+    }
+    assert!(
+        slow <= 5,
+        "{slow} of 20 calls waited for the unreachable server"
+    );
+    drop(fillers);
+}
