@@ -107,6 +107,8 @@
 
 #![warn(missing_docs, rust_2018_idioms)]
 
+#[cfg(feature = "tokio")]
+pub mod aio;
 mod error;
 mod fanout;
 mod fenced;

@@ -236,7 +236,7 @@ enum Attempt {
 
 /// A delay drawn uniformly from `[delay / 2, delay]`, so waiters that collided do not collide
 /// again in lockstep.
-fn jittered(delay: Duration) -> Duration {
+pub(crate) fn jittered(delay: Duration) -> Duration {
     let half = delay / 2;
     let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
     let extra = protocol::random_words()[0] % nanos.saturating_add(1);

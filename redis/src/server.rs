@@ -165,16 +165,8 @@ impl LockServerBuilder {
     /// # Errors
     /// As [`quorum`](Self::quorum).
     pub fn quorum_of(self, clients: Vec<Client>) -> Result<LockServer, Error> {
-        self.validate()?;
-        if clients.is_empty() || clients.len().is_multiple_of(2) {
-            return Err(InvalidInput::new(format!(
-                "a quorum needs an odd number of servers (1, 3, 5, ...), not {}: with an even \
-                 number, half of them failing stops it as surely as one more would",
-                clients.len()
-            ))
-            .into());
-        }
-        let s = &self.settings;
+        let (settings, clients) = self.validated(clients)?;
+        let s = &settings;
         let sockets = if clients.len() > 1 {
             clients
                 .iter()
@@ -187,26 +179,39 @@ impl LockServerBuilder {
             .into_iter()
             .map(|client| Node::new(client, s.connect_timeout, s.io_timeout))
             .collect();
-        for (i, node) in nodes.iter().enumerate() {
-            if let Some(j) = nodes[..i]
-                .iter()
-                .position(|other| other.identity() == node.identity())
-            {
-                return Err(InvalidInput::new(format!(
-                    "the server {} is named twice in the quorum (positions {j} and {i}): a \
-                     quorum needs independent servers",
-                    node.identity().0
-                ))
-                .into());
-            }
-        }
         Ok(LockServer {
             inner: Arc::new(Inner {
                 nodes,
                 sockets,
-                settings: self.settings,
+                settings,
             }),
         })
+    }
+
+    /// The settings and the servers, checked: the settings in range, an odd number of
+    /// servers, none named twice.
+    pub(crate) fn validated(self, clients: Vec<Client>) -> Result<(Settings, Vec<Client>), Error> {
+        self.validate()?;
+        if clients.is_empty() || clients.len().is_multiple_of(2) {
+            return Err(InvalidInput::new(format!(
+                "a quorum needs an odd number of servers (1, 3, 5, ...), not {}: with an even \
+                 number, half of them failing stops it as surely as one more would",
+                clients.len()
+            ))
+            .into());
+        }
+        let identities: Vec<(String, i64)> = clients.iter().map(identity).collect();
+        for (i, id) in identities.iter().enumerate() {
+            if let Some(j) = identities[..i].iter().position(|other| other == id) {
+                return Err(InvalidInput::new(format!(
+                    "the server {} is named twice in the quorum (positions {j} and {i}): a \
+                     quorum needs independent servers",
+                    id.0
+                ))
+                .into());
+            }
+        }
+        Ok((self.settings, clients))
     }
 
     fn validate(&self) -> Result<(), Error> {
@@ -389,4 +394,10 @@ impl fmt::Debug for LockServer {
             .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// `host:port` and database, to tell servers apart.
+pub(crate) fn identity(client: &Client) -> (String, i64) {
+    let info = client.get_connection_info();
+    (info.addr().to_string(), info.redis_settings().db())
 }

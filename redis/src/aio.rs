@@ -1,0 +1,831 @@
+//! The async front end (feature `tokio`): [`LockServer`], [`RedisLock`], [`RedisLease`],
+//! [`RedisFenced`] and [`KeptLease`] with `async fn` where they talk to a server — the same
+//! protocol, errors and guarantees as the blocking types, nothing blocking a runtime thread.
+//!
+//! Each server is reached through one multiplexed connection (redis-rs's
+//! `MultiplexedConnection`), opened lazily — so a handle can be built before the runtime starts —
+//! and opened again after a connection error. A quorum's requests of one round run concurrently
+//! on the calling task (not on threads), and the round returns as soon as the protocol's tally
+//! decides. The scripts, reply decoding, validity and quorum arithmetic are the `protocol`
+//! module's, shared with the blocking front end.
+//!
+//! Dropping a [`RedisLease`] inside a runtime releases it in a background task; outside one, it
+//! is left to expire by its TTL.
+//!
+//! ```
+//! # #[path = "../tests/support/server.rs"] mod server;
+//! # let redis = server::RedisProcess::start();
+//! # let url = redis.url();
+//! use std::time::Duration;
+//! use fencelock_redis::aio::RedisLock;
+//!
+//! let lock = RedisLock::open(&url, "AAPL")?; // connects on first use
+//! tokio::runtime::Runtime::new().unwrap().block_on(async {
+//!     let lease = lock.try_acquire(Duration::from_secs(5)).await?.expect("free");
+//!     assert!(lock.try_acquire(Duration::from_secs(5)).await?.is_none());
+//!     lease.release().await
+//! })?;
+//! # Ok::<(), fencelock_redis::Error>(())
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use fencelock::{FencingToken, LeaseLost};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Value};
+use tokio::sync::watch;
+
+use crate::error::{Error, InvalidInput};
+use crate::keep_alive::KeepAlive;
+use crate::protocol::quorum::{
+    ClaimOutcome, ClaimTally, HolderTally, MajorityOutcome, StoreTally, Tally,
+};
+use crate::protocol::{self, LockKeys, Nonce, Request};
+use crate::server::{LockServerBuilder, Settings};
+
+/// One server: its client and its (lazily opened) multiplexed connection.
+struct Node {
+    client: Client,
+    connection: Mutex<Option<MultiplexedConnection>>,
+}
+
+struct Inner {
+    nodes: Vec<Node>,
+    settings: Settings,
+}
+
+/// The async handle to the lock server: one Redis server, or a quorum of independent ones, as
+/// [`crate::LockServer`]. Cheap to clone; connects lazily.
+#[derive(Clone)]
+pub struct LockServer {
+    inner: Arc<Inner>,
+}
+
+impl LockServer {
+    /// A handle to the server at `url`, with default settings; connects on first use.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] if the URL does not parse.
+    pub fn open(url: &str) -> Result<Self, Error> {
+        Self::with(LockServerBuilder::default(), vec![Client::open(url)?])
+    }
+
+    /// A handle to the server `client` points at, with default settings.
+    ///
+    /// # Errors
+    /// None with the default settings.
+    pub fn new(client: Client) -> Result<Self, Error> {
+        Self::with(LockServerBuilder::default(), vec![client])
+    }
+
+    /// A handle to a quorum of the independent servers at `urls` (an odd number).
+    ///
+    /// # Errors
+    /// As [`crate::LockServer::quorum`].
+    pub fn quorum(urls: &[&str]) -> Result<Self, Error> {
+        let clients = urls
+            .iter()
+            .map(|url| Client::open(*url))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::with(LockServerBuilder::default(), clients)
+    }
+
+    /// A handle with `builder`'s settings to the servers `clients` point at (one, or a quorum).
+    ///
+    /// # Errors
+    /// As [`LockServerBuilder::quorum_of`].
+    pub fn with(builder: LockServerBuilder, clients: Vec<Client>) -> Result<Self, Error> {
+        let (settings, clients) = builder.validated(clients)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                nodes: clients
+                    .into_iter()
+                    .map(|client| Node {
+                        client,
+                        connection: Mutex::new(None),
+                    })
+                    .collect(),
+                settings,
+            }),
+        })
+    }
+
+    /// How many servers each lease is spread over.
+    #[must_use]
+    pub fn servers(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    /// The lock named `name`. Opens nothing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad name.
+    pub fn lock(&self, name: &str) -> Result<RedisLock, Error> {
+        let keys = LockKeys::new(&self.inner.settings.key_prefix, name)?;
+        Ok(RedisLock {
+            server: self.clone(),
+            keys: Arc::new(keys),
+        })
+    }
+
+    /// The fenced resource named `name` (a single server only, as [`crate::LockServer::fenced`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad name, or on a quorum.
+    pub fn fenced(&self, name: &str) -> Result<RedisFenced, Error> {
+        if self.servers() > 1 {
+            return Err(InvalidInput::new(
+                "a fenced resource lives on one server, not on a quorum: open a LockServer for \
+                 the server that keeps the resource and call fenced() there",
+            )
+            .into());
+        }
+        Ok(RedisFenced {
+            server: self.clone(),
+            name: name.to_owned(),
+            key: protocol::fenced_key(&self.inner.settings.key_prefix, name)?,
+        })
+    }
+
+    /// The server's connection, opened (and the scripts loaded) if there is none.
+    async fn connection(&self, server: usize) -> Result<MultiplexedConnection, Error> {
+        let node = &self.inner.nodes[server];
+        if let Some(con) = lock(&node.connection).clone() {
+            return Ok(con);
+        }
+        let s = &self.inner.settings;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(s.connect_timeout))
+            .set_response_timeout(Some(s.io_timeout));
+        let mut con = node
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        // Loaded before the first request: a reply nobody waits for (a quorum's straggler)
+        // cannot be sent again after NOSCRIPT, and would otherwise run out of order.
+        let mut load = redis::pipe();
+        protocol::load_quorum_scripts(&mut load);
+        load.query_async::<()>(&mut con).await?;
+        *lock(&node.connection) = Some(con.clone());
+        Ok(con)
+    }
+
+    /// Runs `request` on `server`, within the I/O timeout; `EVAL` after `NOSCRIPT`. A connection
+    /// error drops the connection, so the next call opens a new one.
+    async fn invoke(&self, server: usize, request: &Request) -> Result<Value, Error> {
+        // Each step is bounded by the connection's own timeouts (connect, and response = the
+        // I/O timeout), so no timer of ours is needed on the hot path.
+        let attempt = async {
+            let mut con = self.connection(server).await?;
+            let reply = match request.evalsha().query_async::<Value>(&mut con).await {
+                Err(e) if protocol::is_noscript(&e) => request.eval().query_async(&mut con).await,
+                reply => reply,
+            };
+            reply.map_err(Error::Redis)
+        };
+        let result = attempt.await;
+        if let Err(Error::Redis(e)) = &result {
+            if e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.kind() == redis::ErrorKind::Io
+            {
+                *lock(&self.inner.nodes[server].connection) = None;
+            }
+        }
+        result
+    }
+
+    /// One round: `request(server)` to each of `servers` concurrently on this task, the replies
+    /// fed to `tally` until it decides or `deadline` passes.
+    async fn round<T: Tally>(
+        &self,
+        servers: impl IntoIterator<Item = usize>,
+        request: impl Fn(usize) -> Request,
+        deadline: Instant,
+        mut tally: T,
+    ) -> T::Outcome {
+        let mut replies: FuturesUnordered<Pin<Box<dyn Future<Output = _> + Send + '_>>> =
+            FuturesUnordered::new();
+        for server in servers {
+            let request = request(server);
+            replies.push(Box::pin(async move {
+                (server, self.invoke(server, &request).await)
+            }));
+        }
+        let deadline = tokio::time::Instant::from_std(deadline);
+        loop {
+            match tokio::time::timeout_at(deadline, replies.next()).await {
+                Ok(Some((server, reply))) => {
+                    if let Some(outcome) = tally.record(server, reply) {
+                        // The stragglers' futures are dropped; what they sent is answered on
+                        // their connection and discarded there.
+                        return outcome;
+                    }
+                }
+                Ok(None) | Err(_) => return tally.settle(),
+            }
+        }
+    }
+
+    /// Sends `request` to every server from a background task, without waiting (cleanup). Does
+    /// nothing outside a runtime.
+    fn send_and_forget(&self, request: impl Fn(usize) -> Request) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let requests: Vec<Request> = (0..self.servers()).map(request).collect();
+        let server = self.clone();
+        runtime.spawn(async move {
+            let sends = requests
+                .iter()
+                .enumerate()
+                .map(|(i, request)| server.invoke(i, request));
+            futures_util::future::join_all(sends).await;
+        });
+    }
+
+    fn round_deadline(&self, valid_until: Instant) -> Instant {
+        (Instant::now() + self.inner.settings.io_timeout).min(valid_until)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A cached connection handle: no invariant a panic could break.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl fmt::Debug for LockServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let servers: Vec<String> = self
+            .inner
+            .nodes
+            .iter()
+            .map(|n| n.client.get_connection_info().addr().to_string())
+            .collect();
+        f.debug_struct("aio::LockServer")
+            .field("servers", &servers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One named resource's lock, async: as [`crate::RedisLock`].
+#[derive(Clone, Debug)]
+pub struct RedisLock {
+    server: LockServer,
+    keys: Arc<LockKeys>,
+}
+
+enum Attempt {
+    Granted(RedisLease),
+    Held,
+    TooSlow,
+}
+
+impl RedisLock {
+    /// The lock `name` on the server at `url`; connects on first use.
+    ///
+    /// # Errors
+    /// As [`crate::RedisLock::open`].
+    pub fn open(url: &str, name: &str) -> Result<Self, Error> {
+        LockServer::open(url)?.lock(name)
+    }
+
+    /// The lock `name` on the server `client` points at.
+    ///
+    /// # Errors
+    /// As [`crate::RedisLock::new`].
+    pub fn new(client: Client, name: &str) -> Result<Self, Error> {
+        LockServer::new(client)?.lock(name)
+    }
+
+    /// The lock `name` on a quorum of the servers at `urls`.
+    ///
+    /// # Errors
+    /// As [`crate::RedisLock::quorum`].
+    pub fn quorum(urls: &[&str], name: &str) -> Result<Self, Error> {
+        LockServer::quorum(urls)?.lock(name)
+    }
+
+    /// The resource's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.keys.name
+    }
+
+    /// As [`crate::RedisLock::try_acquire`].
+    ///
+    /// # Errors
+    /// As [`crate::RedisLock::try_acquire`].
+    pub async fn try_acquire(&self, ttl: Duration) -> Result<Option<RedisLease>, Error> {
+        match self.attempt(ttl).await? {
+            Attempt::Granted(lease) => Ok(Some(lease)),
+            Attempt::Held => Ok(None),
+            Attempt::TooSlow => Err(Error::Lost(LeaseLost::Expired)),
+        }
+    }
+
+    /// As [`crate::RedisLock::acquire_timeout`]: retries with jittered, doubling delays
+    /// (`tokio::time::sleep`), never past `wait` by more than one round trip.
+    ///
+    /// # Errors
+    /// As [`crate::RedisLock::acquire_timeout`].
+    pub async fn acquire_timeout(
+        &self,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<RedisLease>, Error> {
+        let give_up = Instant::now().checked_add(wait);
+        let s = &self.server.inner.settings;
+        let mut delay = s.retry_delay_min;
+        loop {
+            if let Attempt::Granted(lease) = self.attempt(ttl).await? {
+                return Ok(Some(lease));
+            }
+            let left = give_up.map_or(Duration::MAX, |end| {
+                end.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
+                return Ok(None);
+            }
+            tokio::time::sleep(crate::lock::jittered(delay).min(left)).await;
+            delay = (delay * 2).min(s.retry_delay_max);
+        }
+    }
+
+    async fn attempt(&self, ttl: Duration) -> Result<Attempt, Error> {
+        let ttl_ms = protocol::ttl_millis(ttl)?;
+        let (server, keys) = (&self.server, &self.keys);
+        let n = server.servers();
+        let nonce = Nonce::new();
+        let sent = Instant::now();
+        let valid_until = protocol::valid_until(sent, ttl);
+        let granted_lease = |token| RedisLease {
+            server: server.clone(),
+            keys: Arc::clone(keys),
+            nonce: nonce.clone(),
+            token,
+            ttl,
+            valid_until,
+            held: true,
+        };
+        if n == 1 {
+            let reply = server
+                .invoke(0, &protocol::acquire([&**keys], &nonce, ttl_ms))
+                .await?;
+            let Some(tokens) = protocol::decode_acquire(&reply, 1)? else {
+                return Ok(Attempt::Held);
+            };
+            let lease = granted_lease(tokens[0]);
+            return Ok(if lease.is_valid() {
+                Attempt::Granted(lease)
+            } else {
+                Attempt::TooSlow // its drop releases it
+            });
+        }
+        let claimed = server
+            .round(
+                0..n,
+                |_| protocol::claim(keys, &nonce, ttl_ms),
+                server.round_deadline(valid_until),
+                ClaimTally::new(n),
+            )
+            .await;
+        let (token, granted) = match claimed {
+            ClaimOutcome::Majority { token, granted } => (token, granted),
+            ClaimOutcome::Held => {
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
+                return Ok(Attempt::Held);
+            }
+            ClaimOutcome::Unavailable(error) => {
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
+                return Err(error);
+            }
+        };
+        let stored = server
+            .round(
+                granted.iter().copied(),
+                |_| protocol::store(keys, &nonce, token),
+                server.round_deadline(valid_until),
+                StoreTally::new(n, granted.len()),
+            )
+            .await;
+        match stored {
+            MajorityOutcome::Done => {
+                let lease = granted_lease(token);
+                Ok(if lease.is_valid() {
+                    Attempt::Granted(lease)
+                } else {
+                    Attempt::TooSlow
+                })
+            }
+            MajorityOutcome::Lost(_) => {
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
+                Ok(Attempt::TooSlow)
+            }
+            MajorityOutcome::Unavailable(error) => {
+                server.send_and_forget(|_| protocol::release(keys, &nonce));
+                Err(error)
+            }
+        }
+    }
+}
+
+/// A held lease, async: as [`crate::RedisLease`]. `Send + 'static`.
+pub struct RedisLease {
+    server: LockServer,
+    keys: Arc<LockKeys>,
+    nonce: Nonce,
+    token: FencingToken,
+    ttl: Duration,
+    valid_until: Instant,
+    held: bool,
+}
+
+impl RedisLease {
+    /// The lease's fencing token.
+    #[must_use]
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// As [`crate::RedisLease::remaining`].
+    #[must_use]
+    pub fn remaining(&self) -> Option<Duration> {
+        if !self.held {
+            return None;
+        }
+        Some(self.valid_until.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+    }
+
+    /// `remaining().is_some()`.
+    #[must_use]
+    pub fn is_valid(&self) -> bool {
+        self.remaining().is_some()
+    }
+
+    /// As [`crate::RedisLease::renew`].
+    ///
+    /// # Errors
+    /// As [`crate::RedisLease::renew`].
+    pub async fn renew(&mut self, ttl: Duration) -> Result<(), Error> {
+        let ttl_ms = protocol::ttl_millis(ttl)?;
+        if !self.held {
+            return Err(Error::Lost(LeaseLost::Expired));
+        }
+        let sent = Instant::now();
+        let n = self.server.servers();
+        let outcome = if n == 1 {
+            let reply = self
+                .server
+                .invoke(0, &protocol::renew(&self.keys, &self.nonce, ttl_ms))
+                .await?;
+            protocol::decode_holder(&reply)?.into_result()
+        } else if sent >= self.valid_until {
+            // Too late on a quorum: lost; releasing everywhere also tells who holds it now.
+            self.held = false;
+            match self.release_everywhere().await {
+                Err(Error::Lost(lost)) => Err(Error::Lost(lost)),
+                _ => Err(Error::Lost(LeaseLost::Expired)),
+            }
+        } else {
+            let (keys, nonce) = (&self.keys, &self.nonce);
+            let renewed = self
+                .server
+                .round(
+                    0..n,
+                    |_| protocol::renew(keys, nonce, ttl_ms),
+                    self.server.round_deadline(self.valid_until),
+                    HolderTally::new(n, self.token),
+                )
+                .await;
+            match renewed {
+                MajorityOutcome::Done if Instant::now() < self.valid_until => Ok(()),
+                MajorityOutcome::Done => Err(Error::Lost(LeaseLost::Expired)),
+                MajorityOutcome::Lost(lost) => Err(Error::Lost(lost)),
+                MajorityOutcome::Unavailable(error) => Err(error),
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                self.valid_until = protocol::valid_until(sent, ttl);
+                self.ttl = ttl;
+            }
+            Err(Error::Lost(_)) => self.lose(),
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    /// As [`crate::RedisLease::release`].
+    ///
+    /// # Errors
+    /// As [`crate::RedisLease::release`].
+    pub async fn release(mut self) -> Result<(), Error> {
+        if !self.held {
+            return Err(Error::Lost(LeaseLost::Expired));
+        }
+        self.held = false;
+        self.release_everywhere().await
+    }
+
+    async fn release_everywhere(&self) -> Result<(), Error> {
+        let (keys, nonce, n) = (&self.keys, &self.nonce, self.server.servers());
+        if n == 1 {
+            let reply = self
+                .server
+                .invoke(0, &protocol::release(keys, nonce))
+                .await?;
+            return protocol::decode_holder(&reply)?.into_result();
+        }
+        let released = self
+            .server
+            .round(
+                0..n,
+                |_| protocol::release(keys, nonce),
+                self.server
+                    .round_deadline(Instant::now() + protocol::MAX_TTL),
+                HolderTally::new(n, self.token),
+            )
+            .await;
+        match released {
+            MajorityOutcome::Done => Ok(()),
+            MajorityOutcome::Lost(lost) => Err(Error::Lost(lost)),
+            MajorityOutcome::Unavailable(error) => Err(error),
+        }
+    }
+
+    /// Lost: free what is left of it, in the background.
+    fn lose(&mut self) {
+        self.held = false;
+        let (keys, nonce) = (&self.keys, &self.nonce);
+        self.server
+            .send_and_forget(|_| protocol::release(keys, nonce));
+    }
+
+    /// Keeps the lease alive from a task spawned on the current tokio runtime (as
+    /// `tokio::spawn`, so it must be called inside one), by `policy`: as
+    /// [`crate::RedisLease::keep_alive`].
+    pub fn keep_alive(self, policy: KeepAlive) -> KeptLease {
+        let token = self.token;
+        let (lost_tx, lost_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let valid_until = Arc::new(Mutex::new(self.valid_until));
+        if !self.is_valid() {
+            let _ = lost_tx.send(Some(LeaseLost::Expired));
+            return KeptLease {
+                token,
+                lost: lost_rx,
+                stop: stop_tx,
+                valid_until,
+                renewer: None,
+                idle: Some(self),
+            };
+        }
+        let shared_valid_until = Arc::clone(&valid_until);
+        let renewer = tokio::spawn(renew_until_stopped(
+            self,
+            policy,
+            lost_tx,
+            stop_rx,
+            shared_valid_until,
+        ));
+        KeptLease {
+            token,
+            lost: lost_rx,
+            stop: stop_tx,
+            valid_until,
+            renewer: Some(renewer),
+            idle: None,
+        }
+    }
+}
+
+impl Drop for RedisLease {
+    fn drop(&mut self) {
+        if self.held {
+            // Inside a runtime: released by a background task; outside: left to its TTL.
+            self.lose();
+        }
+    }
+}
+
+impl fmt::Debug for RedisLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("aio::RedisLease")
+            .field("name", &self.keys.name)
+            .field("token", &self.token)
+            .field("remaining", &self.remaining())
+            .finish()
+    }
+}
+
+async fn renew_until_stopped(
+    mut lease: RedisLease,
+    policy: KeepAlive,
+    lost: watch::Sender<Option<LeaseLost>>,
+    mut stop: watch::Receiver<bool>,
+    valid_until: Arc<Mutex<Instant>>,
+) -> RedisLease {
+    let start = Instant::now();
+    let ttl = lease.ttl;
+    let interval = policy.interval(ttl);
+    let stop_at = policy.stop_at(start);
+    let mut next = Instant::now() + interval;
+    loop {
+        let wake = tokio::time::Instant::from_std(next);
+        let stop_at_wake = if let Some(end) = stop_at {
+            wake.min(tokio::time::Instant::from_std(end))
+        } else {
+            wake
+        };
+        tokio::select! {
+            _ = stop.changed() => return lease,
+            () = tokio::time::sleep_until(stop_at_wake) => {}
+        }
+        if *stop.borrow() {
+            return lease;
+        }
+        let sent = Instant::now();
+        if stop_at.is_some_and(|end| sent >= end) {
+            // The hold is over: the lease ends by its TTL; wait to be stopped.
+            let until = *lock(&valid_until);
+            tokio::select! {
+                _ = stop.changed() => return lease,
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {}
+            }
+            let _ = lost.send(Some(LeaseLost::Expired));
+            let _ = stop.changed().await;
+            return lease;
+        }
+        let was_valid_until = lease.valid_until;
+        let result = lease.renew(ttl).await;
+        let loss = match result {
+            Ok(()) if Instant::now() < was_valid_until => {
+                *lock(&valid_until) = lease.valid_until;
+                next = sent + interval;
+                None
+            }
+            Ok(()) => Some(LeaseLost::Expired),
+            Err(Error::Lost(l)) => Some(l),
+            Err(_) => Some(LeaseLost::Expired),
+        };
+        if let Some(l) = loss {
+            let _ = lost.send(Some(l));
+            let _ = stop.changed().await;
+            return lease;
+        }
+    }
+}
+
+/// A lease renewed by a tokio task: as [`crate::KeptLease`], with [`until_lost`](Self::until_lost)
+/// instead of a blocking wait.
+pub struct KeptLease {
+    token: FencingToken,
+    lost: watch::Receiver<Option<LeaseLost>>,
+    stop: watch::Sender<bool>,
+    valid_until: Arc<Mutex<Instant>>,
+    renewer: Option<tokio::task::JoinHandle<RedisLease>>,
+    idle: Option<RedisLease>,
+}
+
+impl KeptLease {
+    /// The lease's fencing token.
+    #[must_use]
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// As [`crate::KeptLease::lost`]: the renewer's report, or the last validity having ended.
+    #[must_use]
+    pub fn lost(&self) -> Option<LeaseLost> {
+        if let Some(lost) = *self.lost.borrow() {
+            return Some(lost);
+        }
+        (Instant::now() >= *lock(&self.valid_until)).then_some(LeaseLost::Expired)
+    }
+
+    /// As [`crate::KeptLease::remaining`].
+    #[must_use]
+    pub fn remaining(&self) -> Option<Duration> {
+        if self.lost().is_some() {
+            return None;
+        }
+        let until = *lock(&self.valid_until);
+        Some(until.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+    }
+
+    /// Waits until the lease is lost, and says how.
+    pub async fn until_lost(&self) -> LeaseLost {
+        let mut lost = self.lost.clone();
+        loop {
+            if let Some(l) = self.lost() {
+                return l;
+            }
+            let until = tokio::time::Instant::from_std(*lock(&self.valid_until));
+            tokio::select! {
+                _ = lost.changed() => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    /// Stops the renewer — waiting for a renewal in flight — then releases the lease.
+    ///
+    /// # Errors
+    /// As [`crate::KeptLease::release`].
+    pub async fn release(mut self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        let lease = match self.renewer.take() {
+            Some(renewer) => renewer.await.ok(),
+            None => self.idle.take(),
+        };
+        match lease {
+            Some(lease) => lease.release().await,
+            None => Err(Error::Lost(self.lost().unwrap_or(LeaseLost::Expired))),
+        }
+    }
+}
+
+impl Drop for KeptLease {
+    /// Tells the renewer to stop: no new renewal is sent (one already in flight cannot be
+    /// awaited here). The renewer then drops the lease, which releases it in the background.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl fmt::Debug for KeptLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("aio::KeptLease")
+            .field("token", &self.token)
+            .field("lost", &self.lost())
+            .finish()
+    }
+}
+
+/// The resource side, async: as [`crate::RedisFenced`].
+#[derive(Clone, Debug)]
+pub struct RedisFenced {
+    server: LockServer,
+    name: String,
+    key: String,
+}
+
+impl RedisFenced {
+    /// The fenced resource `name` on the server at `url`.
+    ///
+    /// # Errors
+    /// As [`crate::RedisFenced::open`].
+    pub fn open(url: &str, name: &str) -> Result<Self, Error> {
+        LockServer::open(url)?.fenced(name)
+    }
+
+    /// The resource's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// As [`crate::RedisFenced::write`]. Never sent twice.
+    ///
+    /// # Errors
+    /// As [`crate::RedisFenced::write`].
+    pub async fn write(
+        &self,
+        token: FencingToken,
+        commands: &redis::Pipeline,
+    ) -> Result<(), Error> {
+        let request = protocol::fenced_write(&self.key, token, commands)?;
+        let reply = self.server.invoke(0, &request).await?;
+        protocol::decode_fenced_write(&reply, token)
+    }
+
+    /// As [`crate::RedisFenced::highest`].
+    ///
+    /// # Errors
+    /// As [`crate::RedisFenced::highest`].
+    pub async fn highest(&self) -> Result<FencingToken, Error> {
+        let mut con = self.server.connection(0).await?;
+        let timeout = self.server.inner.settings.io_timeout;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&self.key);
+        let get = cmd.query_async::<Value>(&mut con);
+        let reply = match tokio::time::timeout(timeout, get).await {
+            Ok(reply) => reply?,
+            Err(_) => {
+                *lock(&self.server.inner.nodes[0].connection) = None;
+                return Err(Error::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "fencelock-redis: no reply within the I/O timeout",
+                ))));
+            }
+        };
+        protocol::decode_highest(&reply)
+    }
+}
