@@ -39,6 +39,12 @@
 //! handle, pooled and shared by every lock made from it; each call is bounded by the connect and
 //! I/O timeouts.
 //!
+//! # Async
+//!
+//! With the `tokio` feature, [`aio`](crate#async) has the same types with `async fn` where they
+//! talk to a server: `aio::{LockServer, RedisLock, RedisLease, RedisFenced, KeptLease}`, over
+//! redis-rs's multiplexed connections, a quorum's requests concurrent on the calling task.
+//!
 //! # Work that outlives a TTL
 //!
 //! [`RedisLease::keep_alive`] hands the lease to a renewer thread and returns a [`KeptLease`]:
