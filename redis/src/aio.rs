@@ -40,11 +40,9 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
 use tokio::sync::watch;
 
-use crate::error::{Error, InvalidInput};
+use crate::error::Error;
 use crate::keep_alive::KeepAlive;
-use crate::protocol::quorum::{
-    ClaimOutcome, ClaimTally, HolderTally, MajorityOutcome, StoreTally, Tally,
-};
+use crate::protocol::quorum::{Attempt, ClaimTally, HolderTally, StoreTally, Tally};
 use crate::protocol::{self, LockKeys, Nonce, Request};
 use crate::server::{LockServerBuilder, Settings};
 
@@ -138,13 +136,7 @@ impl LockServer {
     /// # Errors
     /// [`Error::InvalidInput`] for a bad name, or on a quorum.
     pub fn fenced(&self, name: &str) -> Result<RedisFenced, Error> {
-        if self.servers() > 1 {
-            return Err(InvalidInput::new(
-                "a fenced resource lives on one server, not on a quorum: open a LockServer for \
-                 the server that keeps the resource and call fenced() there",
-            )
-            .into());
-        }
+        protocol::check_fenced_on(self.servers())?;
         Ok(RedisFenced {
             server: self.clone(),
             name: name.to_owned(),
@@ -281,12 +273,6 @@ pub struct RedisLock {
     keys: Arc<LockKeys>,
 }
 
-enum Attempt {
-    Granted(RedisLease),
-    Held,
-    TooSlow,
-}
-
 impl RedisLock {
     /// The lock `name` on the server at `url`; connects on first use.
     ///
@@ -358,7 +344,7 @@ impl RedisLock {
         }
     }
 
-    async fn attempt(&self, ttl: Duration) -> Result<Attempt, Error> {
+    async fn attempt(&self, ttl: Duration) -> Result<Attempt<RedisLease>, Error> {
         let ttl_ms = protocol::ttl_millis(ttl)?;
         let (server, keys) = (&self.server, &self.keys);
         let n = server.servers();
@@ -381,12 +367,7 @@ impl RedisLock {
             let Some(tokens) = protocol::decode_acquire(&reply, 1)? else {
                 return Ok(Attempt::Held);
             };
-            let lease = granted_lease(tokens[0]);
-            return Ok(if lease.is_valid() {
-                Attempt::Granted(lease)
-            } else {
-                Attempt::TooSlow // its drop releases it
-            });
+            return Ok(granted_or_too_slow(granted_lease(tokens[0])));
         }
         let claimed = server
             .round(
@@ -396,43 +377,36 @@ impl RedisLock {
                 ClaimTally::new(n),
             )
             .await;
-        let (token, granted) = match claimed {
-            ClaimOutcome::Majority { token, granted } => (token, granted),
-            ClaimOutcome::Held => {
-                server.send_and_forget(|_| protocol::release(keys, &nonce));
-                return Ok(Attempt::Held);
-            }
-            ClaimOutcome::Unavailable(error) => {
-                server.send_and_forget(|_| protocol::release(keys, &nonce));
-                return Err(error);
-            }
+        let stored = match claimed.into_store() {
+            Ok((token, granted)) => server
+                .round(
+                    granted.iter().copied(),
+                    |_| protocol::store(keys, &nonce, token),
+                    server.round_deadline(valid_until),
+                    StoreTally::new(n, granted.len()),
+                )
+                .await
+                .into_grant()
+                .map(|()| token),
+            Err(refusal) => Err(refusal),
         };
-        let stored = server
-            .round(
-                granted.iter().copied(),
-                |_| protocol::store(keys, &nonce, token),
-                server.round_deadline(valid_until),
-                StoreTally::new(n, granted.len()),
-            )
-            .await;
         match stored {
-            MajorityOutcome::Done => {
-                let lease = granted_lease(token);
-                Ok(if lease.is_valid() {
-                    Attempt::Granted(lease)
-                } else {
-                    Attempt::TooSlow
-                })
-            }
-            MajorityOutcome::Lost(_) => {
+            Ok(token) => Ok(granted_or_too_slow(granted_lease(token))),
+            Err(refusal) => {
                 server.send_and_forget(|_| protocol::release(keys, &nonce));
-                Ok(Attempt::TooSlow)
-            }
-            MajorityOutcome::Unavailable(error) => {
-                server.send_and_forget(|_| protocol::release(keys, &nonce));
-                Err(error)
+                refusal.into_attempt()
             }
         }
+    }
+}
+
+/// A lease granted by the server, if still valid by the time the reply came back (dropped, one
+/// that is not releases the grant nobody can use).
+fn granted_or_too_slow(lease: RedisLease) -> Attempt<RedisLease> {
+    if lease.is_valid() {
+        Attempt::Granted(lease)
+    } else {
+        Attempt::TooSlow
     }
 }
 
@@ -504,12 +478,7 @@ impl RedisLease {
                     HolderTally::new(n, self.token),
                 )
                 .await;
-            match renewed {
-                MajorityOutcome::Done if Instant::now() < self.valid_until => Ok(()),
-                MajorityOutcome::Done => Err(Error::Lost(LeaseLost::Expired)),
-                MajorityOutcome::Lost(lost) => Err(Error::Lost(lost)),
-                MajorityOutcome::Unavailable(error) => Err(error),
-            }
+            renewed.into_renewal(Instant::now() < self.valid_until)
         };
         match outcome {
             Ok(()) => {
@@ -553,11 +522,7 @@ impl RedisLease {
                 HolderTally::new(n, self.token),
             )
             .await;
-        match released {
-            MajorityOutcome::Done => Ok(()),
-            MajorityOutcome::Lost(lost) => Err(Error::Lost(lost)),
-            MajorityOutcome::Unavailable(error) => Err(error),
-        }
+        released.into_release()
     }
 
     /// Lost: free what is left of it, in the background.

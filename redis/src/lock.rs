@@ -9,7 +9,7 @@ use fencelock::{FencingToken, LeaseLost};
 
 use crate::error::{Error, InvalidInput};
 use crate::node::Resend;
-use crate::protocol::quorum::{ClaimOutcome, ClaimTally, HolderTally, MajorityOutcome, StoreTally};
+use crate::protocol::quorum::{Attempt, ClaimTally, HolderTally, StoreTally};
 use crate::protocol::{self, Holder, LockKeys, Nonce};
 use crate::server::LockServer;
 
@@ -142,7 +142,7 @@ impl RedisLock {
         }
     }
 
-    fn attempt(&self, ttl: Duration) -> Result<Attempt, Error> {
+    fn attempt(&self, ttl: Duration) -> Result<Attempt<RedisLease>, Error> {
         let ttl_ms = protocol::ttl_millis(ttl)?;
         if self.server.servers() == 1 {
             self.attempt_single(ttl, ttl_ms)
@@ -152,7 +152,7 @@ impl RedisLock {
     }
 
     /// One server: one script, one round trip.
-    fn attempt_single(&self, ttl: Duration, ttl_ms: u64) -> Result<Attempt, Error> {
+    fn attempt_single(&self, ttl: Duration, ttl_ms: u64) -> Result<Attempt<RedisLease>, Error> {
         let nonce = Nonce::new();
         let call = protocol::acquire([&*self.keys], &nonce, ttl_ms);
         let sent = Instant::now();
@@ -161,24 +161,19 @@ impl RedisLock {
         let Some(tokens) = protocol::decode_acquire(&reply, 1)? else {
             return Ok(Attempt::Held);
         };
-        let lease = RedisLease::granted(
+        // Dropped, a lease no longer valid releases the grant nobody can use.
+        Ok(granted_or_too_slow(RedisLease::granted(
             self,
             nonce,
             tokens[0],
             ttl,
             protocol::valid_until(sent, ttl),
-        );
-        if lease.is_valid() {
-            Ok(Attempt::Granted(lease))
-        } else {
-            // Dropping it releases the grant nobody can use.
-            Ok(Attempt::TooSlow)
-        }
+        )))
     }
 
     /// A quorum: claim the key on every server (round 1), then store the token where the claim
     /// is still ours (round 2); see [`protocol::quorum`] for why tokens still only grow.
-    fn attempt_quorum(&self, ttl: Duration, ttl_ms: u64) -> Result<Attempt, Error> {
+    fn attempt_quorum(&self, ttl: Duration, ttl_ms: u64) -> Result<Attempt<RedisLease>, Error> {
         let (server, keys) = (&self.server, &self.keys);
         let n = server.servers();
         let nonce = Nonce::new();
@@ -190,48 +185,41 @@ impl RedisLock {
             server.round_deadline(valid_until),
             ClaimTally::new(n),
         );
-        let (token, granted) = match claimed {
-            ClaimOutcome::Majority { token, granted } => (token, granted),
-            ClaimOutcome::Held => {
-                server.send_and_forget(|_| protocol::release(keys, &nonce));
-                return Ok(Attempt::Held);
-            }
-            ClaimOutcome::Unavailable(error) => {
-                server.send_and_forget(|_| protocol::release(keys, &nonce));
-                return Err(error);
-            }
-        };
-        let stored = server.round(
-            granted.iter().copied(),
-            |_| protocol::store(keys, &nonce, token),
-            server.round_deadline(valid_until),
-            StoreTally::new(n, granted.len()),
-        );
+        let stored = claimed.into_store().and_then(|(token, granted)| {
+            server
+                .round(
+                    granted.iter().copied(),
+                    |_| protocol::store(keys, &nonce, token),
+                    server.round_deadline(valid_until),
+                    StoreTally::new(n, granted.len()),
+                )
+                .into_grant()
+                .map(|()| token)
+        });
         match stored {
-            MajorityOutcome::Done => {
-                let lease = RedisLease::granted(self, nonce, token, ttl, valid_until);
-                if lease.is_valid() {
-                    return Ok(Attempt::Granted(lease));
-                }
-                // Dropping it releases the grant nobody can use.
-                Ok(Attempt::TooSlow)
-            }
-            MajorityOutcome::Lost(_) => {
+            // Dropped, a lease no longer valid releases the grant nobody can use.
+            Ok(token) => Ok(granted_or_too_slow(RedisLease::granted(
+                self,
+                nonce,
+                token,
+                ttl,
+                valid_until,
+            ))),
+            Err(refusal) => {
                 server.send_and_forget(|_| protocol::release(keys, &nonce));
-                Ok(Attempt::TooSlow)
-            }
-            MajorityOutcome::Unavailable(error) => {
-                server.send_and_forget(|_| protocol::release(keys, &nonce));
-                Err(error)
+                refusal.into_attempt()
             }
         }
     }
 }
 
-enum Attempt {
-    Granted(RedisLease),
-    Held,
-    TooSlow,
+/// A lease granted by the server, if still valid by the time the reply came back.
+fn granted_or_too_slow(lease: RedisLease) -> Attempt<RedisLease> {
+    if lease.is_valid() {
+        Attempt::Granted(lease)
+    } else {
+        Attempt::TooSlow
+    }
 }
 
 /// A delay drawn uniformly from `[delay / 2, delay]`, so waiters that collided do not collide
@@ -388,12 +376,7 @@ impl RedisLease {
             self.server.round_deadline(self.valid_until),
             HolderTally::new(n, self.token),
         );
-        match renewed {
-            MajorityOutcome::Done if Instant::now() < self.valid_until => Ok(()),
-            MajorityOutcome::Done => Err(Error::Lost(LeaseLost::Expired)),
-            MajorityOutcome::Lost(lost) => Err(Error::Lost(lost)),
-            MajorityOutcome::Unavailable(error) => Err(error),
-        }
+        renewed.into_renewal(Instant::now() < self.valid_until)
     }
 
     /// The lease is lost: free what is left of it everywhere, in the background.
@@ -446,11 +429,7 @@ impl RedisLease {
                 .round_deadline(Instant::now() + protocol::MAX_TTL),
             HolderTally::new(n, self.token),
         );
-        match released {
-            MajorityOutcome::Done => Ok(()),
-            MajorityOutcome::Lost(lost) => Err(Error::Lost(lost)),
-            MajorityOutcome::Unavailable(error) => Err(error),
-        }
+        released.into_release()
     }
 }
 

@@ -307,13 +307,7 @@ impl LockServer {
     /// # Errors
     /// As [`lock`](Self::lock); [`Error::InvalidInput`] on a quorum.
     pub fn fenced(&self, name: &str) -> Result<RedisFenced, Error> {
-        if self.servers() > 1 {
-            return Err(InvalidInput::new(
-                "a fenced resource lives on one server, not on a quorum: open a LockServer for \
-                 the server that keeps the resource and call fenced() there",
-            )
-            .into());
-        }
+        protocol::check_fenced_on(self.servers())?;
         RedisFenced::on(self.clone(), name)
     }
 

@@ -167,6 +167,18 @@ impl LockKeys {
     }
 }
 
+/// Refuses a fenced resource on a quorum: it is data on one server.
+pub(crate) fn check_fenced_on(servers: usize) -> Result<(), Error> {
+    if servers > 1 {
+        return Err(InvalidInput::new(
+            "a fenced resource lives on one server, not on a quorum: open a LockServer for the \
+             server that keeps the resource and call fenced() there",
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// The key that holds the highest token a fenced resource `name` admitted.
 pub(crate) fn fenced_key(prefix: &str, name: &str) -> Result<String, Error> {
     check_name(name)?;

@@ -157,6 +157,46 @@ impl ClaimTally {
     }
 }
 
+impl ClaimOutcome {
+    /// Round 1 decided: the token to store and where, or why the attempt ends.
+    pub(crate) fn into_store(self) -> Result<(FencingToken, Vec<usize>), Refusal> {
+        match self {
+            Self::Majority { token, granted } => Ok((token, granted)),
+            Self::Held => Err(Refusal::Held),
+            Self::Unavailable(error) => Err(Refusal::Failed(error)),
+        }
+    }
+}
+
+/// Why an acquisition attempt ends without a lease. Every one of them leaves claims to release
+/// on every server.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Others hold the lock.
+    Held,
+    /// Granted, but not in time to be valid.
+    TooSlow,
+    /// A majority did not answer.
+    Failed(Error),
+}
+
+/// How one acquisition attempt ended, for a front end whose leases are `L`.
+pub(crate) enum Attempt<L> {
+    Granted(L),
+    Held,
+    TooSlow,
+}
+
+impl Refusal {
+    pub(crate) fn into_attempt<L>(self) -> Result<Attempt<L>, Error> {
+        match self {
+            Self::Held => Ok(Attempt::Held),
+            Self::TooSlow => Ok(Attempt::TooSlow),
+            Self::Failed(error) => Err(error),
+        }
+    }
+}
+
 /// The outcome of round 2, of a renewal, or of a release.
 #[derive(Debug)]
 pub(crate) enum MajorityOutcome {
@@ -166,6 +206,33 @@ pub(crate) enum MajorityOutcome {
     Lost(LeaseLost),
     /// Too many servers failed to answer to tell.
     Unavailable(Error),
+}
+
+impl MajorityOutcome {
+    /// Round 2 decided: grant the lease, or why not.
+    pub(crate) fn into_grant(self) -> Result<(), Refusal> {
+        match self {
+            Self::Done => Ok(()),
+            Self::Lost(_) => Err(Refusal::TooSlow),
+            Self::Unavailable(error) => Err(Refusal::Failed(error)),
+        }
+    }
+
+    /// A renewal decided; it counts only if it was decided `in_time` (before the validity left
+    /// ran out).
+    pub(crate) fn into_renewal(self, in_time: bool) -> Result<(), Error> {
+        match self {
+            Self::Done if in_time => Ok(()),
+            Self::Done => Err(Error::Lost(LeaseLost::Expired)),
+            Self::Lost(lost) => Err(Error::Lost(lost)),
+            Self::Unavailable(error) => Err(error),
+        }
+    }
+
+    /// A release decided.
+    pub(crate) fn into_release(self) -> Result<(), Error> {
+        self.into_renewal(true)
+    }
 }
 
 /// Round 2: how many of the servers that granted stored the token.
@@ -337,6 +404,28 @@ mod tests {
         let mut parts = vec![Value::Int(code)];
         parts.extend(value.map(|v| Value::BulkString(v.as_bytes().to_vec())));
         Ok(Value::Array(parts))
+    }
+
+    #[test]
+    fn outcomes_say_what_the_front_ends_do() {
+        assert!(matches!(
+            ClaimOutcome::Held.into_store(),
+            Err(Refusal::Held)
+        ));
+        assert!(matches!(
+            MajorityOutcome::Lost(LeaseLost::Expired).into_grant(),
+            Err(Refusal::TooSlow)
+        ));
+        assert!(MajorityOutcome::Done.into_grant().is_ok());
+        assert!(MajorityOutcome::Done.into_renewal(true).is_ok());
+        assert!(matches!(
+            MajorityOutcome::Done.into_renewal(false),
+            Err(Error::Lost(LeaseLost::Expired))
+        ));
+        assert!(matches!(
+            Refusal::TooSlow.into_attempt::<()>(),
+            Ok(Attempt::TooSlow)
+        ));
     }
 
     #[test]
