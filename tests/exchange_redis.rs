@@ -3,7 +3,9 @@
 //! check, with the stalled trader's late write refused. Then the same with `--quorum 3`: the
 //! leases on three lock servers, the data on a fourth, and one lock server killed with `kill -9`
 //! in the middle of trading (the example starts these four servers itself: only then does it
-//! kill one).
+//! kill one). In both modes the sales are then settled under kept leases: the settlement step
+//! must settle every sold unit exactly once, and refuse the late write of the settler whose
+//! renewals were capped short of its work.
 //!
 //! Runs the example binary that `cargo test` builds (into `target/<profile>/examples/`); it needs
 //! `redis-server` on PATH.
@@ -124,6 +126,47 @@ fn late_writes_refused(output: &str) -> u64 {
         .unwrap_or_else(|| panic!("no count of late writes refused:\n{output}"))
 }
 
+/// The count after `label` in `line` (up to the next comma).
+fn count_after(line: &str, label: &str) -> u64 {
+    line.split(label)
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count after {label:?} in {line:?}"))
+}
+
+/// Asserts that the settlement step ran and passed: every sold unit settled, the capped
+/// settler's kept lease lost and its late write refused, and the step's verdict printed.
+fn assert_settled(output: &str) {
+    assert!(
+        output.contains("== settlement: sold units settled under kept RedisLock leases"),
+        "no settlement step:\n{output}"
+    );
+    let line = output
+        .lines()
+        .find(|line| line.starts_with("  settlement: kept leases: "))
+        .unwrap_or_else(|| panic!("no settlement summary line:\n{output}"));
+    assert_eq!(count_after(line, "kept leases: "), 5, "{line}");
+    assert!(
+        line.contains("units settled: 1200 of 1200 sold,"),
+        "not every sold unit settled:\n{output}"
+    );
+    assert_eq!(count_after(line, "leases lost: "), 1, "{line}");
+    assert!(
+        count_after(line, "late writes refused: ") >= 1,
+        "no late write refused in settlement:\n{output}"
+    );
+    assert!(
+        output.contains("the first one's late write (token ")
+            && output.contains("was refused (Error::Stale), its release said Error::Lost"),
+        "the capped settler's late write was not refused:\n{output}"
+    );
+    assert!(
+        output.contains("settlement check passed"),
+        "no settlement verdict:\n{output}"
+    );
+}
+
 #[test]
 fn across_processes_every_unit_is_sold_exactly_once_and_the_stalled_write_is_refused() {
     let server = RedisProcess::start();
@@ -136,6 +179,7 @@ fn across_processes_every_unit_is_sold_exactly_once_and_the_stalled_write_is_ref
         output.contains("processes: 3,"),
         "not 3 processes:\n{output}"
     );
+    assert_settled(&output);
 }
 
 #[test]
@@ -154,4 +198,9 @@ fn on_a_quorum_of_three_a_lock_server_killed_mid_trading_loses_no_unit_and_admit
             && output.contains("lock servers: 3, killed: lock server 0 "),
         "no lock server was killed:\n{output}"
     );
+    assert!(
+        output.contains("under kept RedisLock leases on a quorum of 3 lock servers"),
+        "settlement not on the quorum:\n{output}"
+    );
+    assert_settled(&output);
 }

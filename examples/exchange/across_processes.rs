@@ -8,11 +8,18 @@
 //! fails), and then checks *in Redis* that every unit is in exactly one place — still in its book
 //! or sold once — before printing a summary. It exits non-zero if any check fails.
 //!
+//! Then it settles the sales (`redis_settlement.rs`): settlement work outlives its lease's short
+//! TTL, so each settler keeps its `settle:<STOCK>` lease alive (`keep_alive`) and stops writing
+//! as soon as `lost()` says the lease is gone; one settler's renewals are capped short of its work,
+//! another takes over, and the first one's late write is refused. Redis must then hold every sold
+//! unit settled exactly once.
+//!
 //! `--quorum N` takes the leases on a quorum of N lock servers instead (`LockServer::quorum`),
 //! while the books and ledgers live on a separate data server: a fenced resource is data on one
 //! server. Without URLs the parent starts N + 1 throwaway servers, and once a trader reports its
 //! first batch sold (a `first-sale` line on its stdout) it kills one lock server with `kill -9`;
-//! trading goes on with the others, and the same checks must pass.
+//! trading goes on with the others, and the same checks must pass; settlement then keeps its
+//! leases alive on the servers left.
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
@@ -31,6 +38,7 @@ use crate::redis_books::{
     UNITS_PER_STOCK,
 };
 use crate::redis_process::RedisProcess;
+use crate::redis_settlement;
 
 /// Trader processes when `--processes` is not given, and the most allowed.
 const DEFAULT_PROCESSES: usize = 3;
@@ -136,6 +144,10 @@ pub fn main(args: &[String]) -> ExitCode {
             println!(
                 "exactly-once check passed: every unit in exactly one place (book or sold), \
                  none missing, none sold twice"
+            );
+            println!(
+                "settlement check passed: every sold unit settled exactly once under kept leases \
+                 that outlived their TTL, proceeds matching; the lost lease's late write refused"
             );
             ExitCode::SUCCESS
         }
@@ -323,7 +335,8 @@ fn check_loopback(url: &str) -> Result<(), String> {
 }
 
 /// Seeds the books, runs the traders (killing a lock server on the way if this run started a
-/// quorum), checks Redis; the summary, or every check that failed.
+/// quorum), settles the sales (if every trader finished), checks Redis; the summary, or every
+/// check that failed.
 fn run(servers: &mut Servers, processes: usize) -> Result<String, Vec<String>> {
     let prefix = run_prefix();
     let mut con = connect(&servers.data_url).map_err(|e| vec![e])?;
@@ -362,6 +375,11 @@ fn run(servers: &mut Servers, processes: usize) -> Result<String, Vec<String>> {
         &mut on_first_sale,
     );
     let elapsed = started.elapsed();
+    // Settlement follows trading, on the same servers (in the quorum mode, the lock servers left
+    // after the kill), before the run's keys are deleted.
+    let settlement = traders
+        .is_ok()
+        .then(|| redis_settlement::run(&lock_urls, &data_url, &prefix));
     let checked = check(&mut con, &prefix);
     let mut cleaned = clean_up(&mut con, &prefix);
     for (server, url) in servers.lock_urls.iter().enumerate() {
@@ -447,6 +465,11 @@ fn run(servers: &mut Servers, processes: usize) -> Result<String, Vec<String>> {
         all.token_min,
         all.token_max
     ));
+    if let Some((settled, settlement_problems)) = settlement {
+        summary.push('\n');
+        summary.push_str(&settled);
+        problems.extend(settlement_problems);
+    }
     if problems.is_empty() {
         Ok(summary)
     } else {

@@ -6,14 +6,16 @@
 //! `cargo run --release --example exchange`; the process exits non-zero if any check fails.
 //!
 //! `cargo run --release --example exchange -- --redis [URL] [--processes N]` runs the exchange
-//! across processes instead, on a Redis server (see `across_processes.rs`); add `--quorum 3` to
-//! take the leases on a quorum of three lock servers, one of which is killed mid-run.
+//! across processes instead, on a Redis server (see `across_processes.rs`), and then settles the
+//! sales under kept leases (`redis_settlement.rs`); add `--quorum 3` to take the leases on a
+//! quorum of three lock servers, one of which is killed mid-run.
 
 mod across_processes;
 mod market;
 mod redis_books;
 #[path = "../../redis/tests/support/server.rs"]
 mod redis_process;
+mod redis_settlement;
 mod rng;
 mod settlement;
 mod trader;

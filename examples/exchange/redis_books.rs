@@ -1,5 +1,6 @@
 //! What the `--redis` mode's parent and trader processes share: the sizes of the run, the names
-//! of the keys in Redis, and the report lines a trader prints for the parent to parse.
+//! of the keys in Redis, how the servers are opened, and the report lines a trader prints for the
+//! parent to parse.
 //!
 //! Every key of a run starts with the run's prefix (`exchange:<run id>:`), so that runs against
 //! the same server never meet. A stock's keys all carry its hash tag `{STOCK}` — the book
@@ -11,6 +12,7 @@ use std::fmt;
 use std::time::Duration;
 
 use fencelock_redis::redis::{self, Connection};
+use fencelock_redis::LockServer;
 
 /// Units of each stock on sale; every one must end up sold exactly once.
 pub const UNITS_PER_STOCK: u32 = 300;
@@ -48,6 +50,29 @@ pub fn connect(url: &str) -> Result<Connection, String> {
         Ok(con)
     };
     open().map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
+/// The run's lock server — one server, or a quorum of the comma-separated `lock_urls` — and its
+/// data server at `data_url`, both with the run's key `prefix`. With a single lock server at
+/// `data_url`, one handle serves both.
+pub fn open_servers(
+    lock_urls: &str,
+    data_url: &str,
+    prefix: &str,
+) -> Result<(LockServer, LockServer), String> {
+    let lock_urls: Vec<&str> = lock_urls.split(',').collect();
+    let builder = || LockServer::builder().key_prefix(prefix);
+    let lock_server = match lock_urls.as_slice() {
+        [url] => builder().open(url),
+        urls => builder().quorum(urls),
+    }
+    .map_err(|e| e.to_string())?;
+    let data_server = if lock_urls == [data_url] {
+        lock_server.clone() // one server keeps both, as in the single-server mode
+    } else {
+        builder().open(data_url).map_err(|e| e.to_string())?
+    };
+    Ok((lock_server, data_server))
 }
 
 /// What one trader process (or one of its threads) did.

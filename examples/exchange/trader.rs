@@ -34,11 +34,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fencelock_redis::redis::{self, Connection};
-use fencelock_redis::{Error, LockServer, RedisFenced, RedisLease, RedisLock};
+use fencelock_redis::{Error, RedisFenced, RedisLease, RedisLock};
 
 use crate::market::STOCKS;
 use crate::redis_books::{
-    book_key, connect, sold_key, StallReport, Tally, BATCH, FIRST_SALE, READY, THREADS,
+    book_key, connect, open_servers, sold_key, StallReport, Tally, BATCH, FIRST_SALE, READY,
+    THREADS,
 };
 
 /// Long enough that a trader that is not stalled on purpose never outlives its lease.
@@ -119,18 +120,7 @@ fn run(args: &[String]) -> Result<(), String> {
         ));
     };
     let process: usize = process.parse().map_err(|_| "bad process index")?;
-    let lock_urls: Vec<&str> = lock_urls.split(',').collect();
-    let builder = || LockServer::builder().key_prefix(prefix.as_str());
-    let lock_server = match lock_urls.as_slice() {
-        [url] => builder().open(url),
-        urls => builder().quorum(urls),
-    }
-    .map_err(|e| e.to_string())?;
-    let data_server = if lock_urls == [data_url.as_str()] {
-        lock_server.clone() // one server keeps both, as in the single-server mode
-    } else {
-        builder().open(data_url).map_err(|e| e.to_string())?
-    };
+    let (lock_server, data_server) = open_servers(lock_urls, data_url, prefix)?;
     let desk = Desk {
         url: data_url.clone(),
         prefix: prefix.clone(),
