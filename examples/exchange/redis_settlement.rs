@@ -42,20 +42,20 @@ use crate::redis_books::{connect, open_servers, sold_key};
 
 /// The settlement lease's TTL: short, so that a settler that dies blocks its stock's settlement
 /// for a moment only.
-const SETTLE_TTL: Duration = Duration::from_millis(300);
-/// How often a kept lease is renewed: a renewal may come up to two intervals late before the
-/// lease is lost.
-const RENEW_EVERY: Duration = Duration::from_millis(100);
+const SETTLE_TTL: Duration = Duration::from_millis(600);
+/// How often a kept lease is renewed: a renewal may come up to three intervals late before the
+/// lease is lost, a margin a loaded machine's scheduler stays well within.
+const RENEW_EVERY: Duration = Duration::from_millis(150);
 /// Units settled by one fenced write.
 const SETTLE_BATCH: usize = 20;
-/// The work of settling one batch, simulated: a stock's 300 sold units take 15 batches, 1.2 s,
-/// four TTLs.
-const BATCH_WORK: Duration = Duration::from_millis(80);
+/// The work of settling one batch, simulated: a stock's 300 sold units take 15 batches, 1.8 s,
+/// three TTLs — and the settler that takes over from the capped one still works past one TTL.
+const BATCH_WORK: Duration = Duration::from_millis(120);
 /// The cap on every kept lease's renewals: a settler stuck for good cannot hold a stock's
 /// settlement forever.
 const MAX_HOLD: Duration = Duration::from_secs(20);
 /// The capped settler's cap: well short of its work, so its renewals stop halfway.
-const CAPPED_HOLD: Duration = Duration::from_millis(400);
+const CAPPED_HOLD: Duration = Duration::from_millis(200);
 /// The stock whose first settler is capped.
 const CAPPED_STOCK: usize = 0;
 /// The longest a first settler waits for its stock's settlement lock.
