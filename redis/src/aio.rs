@@ -6,8 +6,9 @@
 //! `MultiplexedConnection`), opened lazily — so a handle can be built before the runtime starts —
 //! and opened again after a connection error. A quorum's requests of one round run concurrently
 //! on the calling task (not on threads), and the round returns as soon as the protocol's tally
-//! decides. The scripts, reply decoding, validity and quorum arithmetic are the `protocol`
-//! module's, shared with the blocking front end.
+//! decides. The scripts, reply decoding, validity and quorum arithmetic, and the order of the
+//! rounds, are the `protocol` module's, shared with the blocking front end: this module only
+//! sends what its state machines ask for.
 //!
 //! Dropping a [`RedisLease`] inside a runtime releases it in a background task; outside one, it
 //! is left to expire by its TTL.
@@ -42,8 +43,11 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::keep_alive::KeepAlive;
-use crate::protocol::quorum::{Attempt, ClaimTally, HolderTally, StoreTally, Tally};
-use crate::protocol::{self, LockKeys, Nonce, Request};
+use crate::protocol::quorum::lease::{
+    Acquisition, LeaseState, Operation, Release, Renewal, Retries, Step,
+};
+use crate::protocol::quorum::{Attempt, Tally};
+use crate::protocol::{self, LockKeys, Request};
 use crate::server::{LockServerBuilder, Settings};
 
 /// One server: its client and its (lazily opened) multiplexed connection.
@@ -225,6 +229,33 @@ impl LockServer {
         }
     }
 
+    /// Runs `operation` to its decision: its request on the single server, or its rounds on
+    /// the quorum, concurrently on this task (see [`Operation`]).
+    async fn perform<O: Operation>(&self, operation: O) -> O::Decision {
+        let mut step = operation.start(Instant::now);
+        loop {
+            step = match step {
+                Step::Ask(operation, request) => {
+                    let reply = self.invoke(0, &request).await;
+                    operation.answered(reply.map(|reply| (reply, false)), Instant::now)
+                }
+                Step::Round(operation, round) => {
+                    let deadline = self.round_deadline(round.valid_until);
+                    let request = &round.request;
+                    let decided =
+                        self.round(round.servers, |_| request.clone(), deadline, round.tally);
+                    operation.decided(decided.await, Instant::now)
+                }
+                Step::Done(decision, release) => {
+                    if let Some(release) = release {
+                        self.send_and_forget(|_| release.clone());
+                    }
+                    return decision;
+                }
+            };
+        }
+    }
+
     /// Sends `request` to every server from a background task, without waiting (cleanup). Does
     /// nothing outside a runtime.
     fn send_and_forget(&self, request: impl Fn(usize) -> Request) {
@@ -309,11 +340,7 @@ impl RedisLock {
     /// # Errors
     /// As [`crate::RedisLock::try_acquire`].
     pub async fn try_acquire(&self, ttl: Duration) -> Result<Option<RedisLease>, Error> {
-        match self.attempt(ttl).await? {
-            Attempt::Granted(lease) => Ok(Some(lease)),
-            Attempt::Held => Ok(None),
-            Attempt::TooSlow => Err(Error::Lost(LeaseLost::Expired)),
-        }
+        self.attempt(ttl).await?.into_lease()
     }
 
     /// As [`crate::RedisLock::acquire_timeout`]: retries with jittered, doubling delays
@@ -326,87 +353,29 @@ impl RedisLock {
         ttl: Duration,
         wait: Duration,
     ) -> Result<Option<RedisLease>, Error> {
-        let give_up = Instant::now().checked_add(wait);
         let s = &self.server.inner.settings;
-        let mut delay = s.retry_delay_min;
+        let mut retries = Retries::new(wait, s.retry_delay_min, s.retry_delay_max, Instant::now());
         loop {
             if let Attempt::Granted(lease) = self.attempt(ttl).await? {
                 return Ok(Some(lease));
             }
-            let left = give_up.map_or(Duration::MAX, |end| {
-                end.saturating_duration_since(Instant::now())
-            });
-            if left.is_zero() {
+            let Some(sleep) = retries.after_miss(Instant::now()) else {
                 return Ok(None);
-            }
-            tokio::time::sleep(crate::lock::jittered(delay).min(left)).await;
-            delay = (delay * 2).min(s.retry_delay_max);
-        }
-    }
-
-    async fn attempt(&self, ttl: Duration) -> Result<Attempt<RedisLease>, Error> {
-        let ttl_ms = protocol::ttl_millis(ttl)?;
-        let (server, keys) = (&self.server, &self.keys);
-        let n = server.servers();
-        let nonce = Nonce::new();
-        let sent = Instant::now();
-        let valid_until = protocol::valid_until(sent, ttl);
-        let granted_lease = |token| RedisLease {
-            server: server.clone(),
-            keys: Arc::clone(keys),
-            nonce: nonce.clone(),
-            token,
-            ttl,
-            valid_until,
-            held: true,
-        };
-        if n == 1 {
-            let reply = server
-                .invoke(0, &protocol::acquire([&**keys], &nonce, ttl_ms))
-                .await?;
-            let Some(tokens) = protocol::decode_acquire(&reply, 1)? else {
-                return Ok(Attempt::Held);
             };
-            return Ok(granted_or_too_slow(granted_lease(tokens[0])));
-        }
-        let claimed = server
-            .round(
-                0..n,
-                |_| protocol::claim(keys, &nonce, ttl_ms),
-                server.round_deadline(valid_until),
-                ClaimTally::new(n),
-            )
-            .await;
-        let stored = match claimed.into_store() {
-            Ok((token, granted)) => server
-                .round(
-                    granted.iter().copied(),
-                    |_| protocol::store(keys, &nonce, token),
-                    server.round_deadline(valid_until),
-                    StoreTally::new(n, granted.len()),
-                )
-                .await
-                .into_grant()
-                .map(|()| token),
-            Err(refusal) => Err(refusal),
-        };
-        match stored {
-            Ok(token) => Ok(granted_or_too_slow(granted_lease(token))),
-            Err(refusal) => {
-                server.send_and_forget(|_| protocol::release(keys, &nonce));
-                refusal.into_attempt()
-            }
+            tokio::time::sleep(sleep).await;
         }
     }
-}
 
-/// A lease granted by the server, if still valid by the time the reply came back (dropped, one
-/// that is not releases the grant nobody can use).
-fn granted_or_too_slow(lease: RedisLease) -> Attempt<RedisLease> {
-    if lease.is_valid() {
-        Attempt::Granted(lease)
-    } else {
-        Attempt::TooSlow
+    /// One try; see [`Acquisition`] for its requests on one server and on a quorum.
+    async fn attempt(&self, ttl: Duration) -> Result<Attempt<RedisLease>, Error> {
+        let servers = self.server.servers();
+        let acquisition = Acquisition::new(servers, &self.keys, ttl, Instant::now)?;
+        let attempt = self.server.perform(acquisition).await?;
+        Ok(attempt.map(|state| RedisLease {
+            server: self.server.clone(),
+            keys: Arc::clone(&self.keys),
+            state,
+        }))
     }
 }
 
@@ -414,27 +383,20 @@ fn granted_or_too_slow(lease: RedisLease) -> Attempt<RedisLease> {
 pub struct RedisLease {
     server: LockServer,
     keys: Arc<LockKeys>,
-    nonce: Nonce,
-    token: FencingToken,
-    ttl: Duration,
-    valid_until: Instant,
-    held: bool,
+    state: LeaseState,
 }
 
 impl RedisLease {
     /// The lease's fencing token.
     #[must_use]
     pub fn token(&self) -> FencingToken {
-        self.token
+        self.state.token()
     }
 
     /// As [`crate::RedisLease::remaining`].
     #[must_use]
     pub fn remaining(&self) -> Option<Duration> {
-        if !self.held {
-            return None;
-        }
-        Some(self.valid_until.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+        self.state.remaining(Instant::now())
     }
 
     /// `remaining().is_some()`.
@@ -448,47 +410,13 @@ impl RedisLease {
     /// # Errors
     /// As [`crate::RedisLease::renew`].
     pub async fn renew(&mut self, ttl: Duration) -> Result<(), Error> {
-        let ttl_ms = protocol::ttl_millis(ttl)?;
-        if !self.held {
-            return Err(Error::Lost(LeaseLost::Expired));
+        let servers = self.server.servers();
+        let renewal = Renewal::new(servers, &self.keys, &mut self.state, ttl, Instant::now)?;
+        let renewed = self.server.perform(renewal).await;
+        if let Err(Error::Lost(_)) = renewed {
+            self.lose();
         }
-        let sent = Instant::now();
-        let n = self.server.servers();
-        let outcome = if n == 1 {
-            let reply = self
-                .server
-                .invoke(0, &protocol::renew(&self.keys, &self.nonce, ttl_ms))
-                .await?;
-            protocol::decode_holder(&reply)?.into_result()
-        } else if sent >= self.valid_until {
-            // Too late on a quorum: lost; releasing everywhere also tells who holds it now.
-            self.held = false;
-            match self.release_everywhere().await {
-                Err(Error::Lost(lost)) => Err(Error::Lost(lost)),
-                _ => Err(Error::Lost(LeaseLost::Expired)),
-            }
-        } else {
-            let (keys, nonce) = (&self.keys, &self.nonce);
-            let renewed = self
-                .server
-                .round(
-                    0..n,
-                    |_| protocol::renew(keys, nonce, ttl_ms),
-                    self.server.round_deadline(self.valid_until),
-                    HolderTally::new(n, self.token),
-                )
-                .await;
-            renewed.into_renewal(Instant::now() < self.valid_until)
-        };
-        match outcome {
-            Ok(()) => {
-                self.valid_until = protocol::valid_until(sent, ttl);
-                self.ttl = ttl;
-            }
-            Err(Error::Lost(_)) => self.lose(),
-            Err(_) => {}
-        }
-        outcome
+        renewed
     }
 
     /// As [`crate::RedisLease::release`].
@@ -496,51 +424,26 @@ impl RedisLease {
     /// # Errors
     /// As [`crate::RedisLease::release`].
     pub async fn release(mut self) -> Result<(), Error> {
-        if !self.held {
-            return Err(Error::Lost(LeaseLost::Expired));
-        }
-        self.held = false;
-        self.release_everywhere().await
-    }
-
-    async fn release_everywhere(&self) -> Result<(), Error> {
-        let (keys, nonce, n) = (&self.keys, &self.nonce, self.server.servers());
-        if n == 1 {
-            let reply = self
-                .server
-                .invoke(0, &protocol::release(keys, nonce))
-                .await?;
-            return protocol::decode_holder(&reply)?.into_result();
-        }
-        let released = self
-            .server
-            .round(
-                0..n,
-                |_| protocol::release(keys, nonce),
-                self.server
-                    .round_deadline(Instant::now() + protocol::MAX_TTL),
-                HolderTally::new(n, self.token),
-            )
-            .await;
-        released.into_release()
+        let servers = self.server.servers();
+        let release = Release::new(servers, &self.keys, &mut self.state)?;
+        self.server.perform(release).await
     }
 
     /// Lost: free what is left of it, in the background.
     fn lose(&mut self) {
-        self.held = false;
-        let (keys, nonce) = (&self.keys, &self.nonce);
-        self.server
-            .send_and_forget(|_| protocol::release(keys, nonce));
+        self.state.lose();
+        let (keys, state) = (&self.keys, &self.state);
+        self.server.send_and_forget(|_| state.release_request(keys));
     }
 
     /// Keeps the lease alive from a task spawned on the current tokio runtime (as
     /// `tokio::spawn`, so it must be called inside one), by `policy`: as
     /// [`crate::RedisLease::keep_alive`].
     pub fn keep_alive(self, policy: KeepAlive) -> KeptLease {
-        let token = self.token;
+        let token = self.token();
         let (lost_tx, lost_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let valid_until = Arc::new(Mutex::new(self.valid_until));
+        let valid_until = Arc::new(Mutex::new(self.state.valid_until()));
         if !self.is_valid() {
             let _ = lost_tx.send(Some(LeaseLost::Expired));
             return KeptLease {
@@ -573,7 +476,7 @@ impl RedisLease {
 
 impl Drop for RedisLease {
     fn drop(&mut self) {
-        if self.held {
+        if self.state.is_held() {
             // Inside a runtime: released by a background task; outside: left to its TTL.
             self.lose();
         }
@@ -584,7 +487,7 @@ impl fmt::Debug for RedisLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("aio::RedisLease")
             .field("name", &self.keys.name)
-            .field("token", &self.token)
+            .field("token", &self.token())
             .field("remaining", &self.remaining())
             .finish()
     }
@@ -598,7 +501,7 @@ async fn renew_until_stopped(
     valid_until: Arc<Mutex<Instant>>,
 ) -> RedisLease {
     let start = Instant::now();
-    let ttl = lease.ttl;
+    let ttl = lease.state.ttl();
     let interval = policy.interval(ttl);
     let stop_at = policy.stop_at(start);
     let mut next = Instant::now() + interval;
@@ -628,11 +531,11 @@ async fn renew_until_stopped(
             let _ = stop.changed().await;
             return lease;
         }
-        let was_valid_until = lease.valid_until;
+        let was_valid_until = lease.state.valid_until();
         let result = lease.renew(ttl).await;
         let loss = match result {
             Ok(()) if Instant::now() < was_valid_until => {
-                *lock(&valid_until) = lease.valid_until;
+                *lock(&valid_until) = lease.state.valid_until();
                 next = sent + interval;
                 None
             }

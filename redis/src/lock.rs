@@ -9,8 +9,11 @@ use fencelock::{FencingToken, LeaseLost};
 
 use crate::error::{Error, InvalidInput};
 use crate::node::Resend;
-use crate::protocol::quorum::{Attempt, ClaimTally, HolderTally, StoreTally};
-use crate::protocol::{self, Holder, LockKeys, Nonce};
+use crate::protocol::quorum::lease::{
+    Acquisition, LeaseState, Operation, Release, Renewal, Retries, Step,
+};
+use crate::protocol::quorum::Attempt;
+use crate::protocol::{self, LockKeys, Nonce, Request};
 use crate::server::LockServer;
 
 /// One named resource's lock on a Redis server: leases that end by themselves, each carrying a
@@ -102,11 +105,7 @@ impl RedisLock {
     ///   the lease's validity ran out (the grant is released; use a longer TTL);
     /// - [`Error::Redis`] if the server is unreachable or slow past the timeouts.
     pub fn try_acquire(&self, ttl: Duration) -> Result<Option<RedisLease>, Error> {
-        match self.attempt(ttl)? {
-            Attempt::Granted(lease) => Ok(Some(lease)),
-            Attempt::Held => Ok(None),
-            Attempt::TooSlow => Err(Error::Lost(LeaseLost::Expired)),
-        }
+        self.attempt(ttl)?.into_lease()
     }
 
     /// Takes the lock for `ttl`, trying again while it is held until `wait` has passed; `Ok(None)`
@@ -125,110 +124,68 @@ impl RedisLock {
         ttl: Duration,
         wait: Duration,
     ) -> Result<Option<RedisLease>, Error> {
-        let give_up = Instant::now().checked_add(wait);
         let settings = self.server.settings();
-        let mut delay = settings.retry_delay_min;
+        let (min, max) = (settings.retry_delay_min, settings.retry_delay_max);
+        let mut retries = Retries::new(wait, min, max, Instant::now());
         loop {
             if let Attempt::Granted(lease) = self.attempt(ttl)? {
                 return Ok(Some(lease));
             }
-            let now = Instant::now();
-            let left = give_up.map_or(Duration::MAX, |end| end.saturating_duration_since(now));
-            if left.is_zero() {
+            let Some(sleep) = retries.after_miss(Instant::now()) else {
                 return Ok(None);
-            }
-            thread::sleep(jittered(delay).min(left));
-            delay = (delay * 2).min(settings.retry_delay_max);
+            };
+            thread::sleep(sleep);
         }
     }
 
+    /// One try; see [`Acquisition`] for its requests on one server and on a quorum.
     fn attempt(&self, ttl: Duration) -> Result<Attempt<RedisLease>, Error> {
-        let ttl_ms = protocol::ttl_millis(ttl)?;
-        if self.server.servers() == 1 {
-            self.attempt_single(ttl, ttl_ms)
+        let servers = self.server.servers();
+        let acquisition = Acquisition::new(servers, &self.keys, ttl, Instant::now)?;
+        let attempt = self.server.perform(acquisition)?;
+        Ok(attempt.map(|state| RedisLease::new(self, state)))
+    }
+}
+
+impl LockServer {
+    /// Runs `operation` to its decision: its request on the single server, or its rounds on
+    /// the quorum (see [`Operation`]).
+    pub(crate) fn perform<O: Operation>(&self, operation: O) -> O::Decision {
+        let mut step = operation.start(Instant::now);
+        loop {
+            step = match step {
+                Step::Ask(operation, request) => {
+                    // Resending is safe: each lease request has the same effect sent twice (an
+                    // acquisition's nonce gets its own lock again, with the same token).
+                    let reply = self.invoke(&request, Resend::IfStale);
+                    operation.answered(reply, Instant::now)
+                }
+                Step::Round(operation, round) => {
+                    let deadline = self.round_deadline(round.valid_until);
+                    let request = &round.request;
+                    let decided =
+                        self.round(round.servers, |_| request.clone(), deadline, round.tally);
+                    operation.decided(decided, Instant::now)
+                }
+                Step::Done(decision, release) => {
+                    if let Some(release) = release {
+                        self.forget(&release);
+                    }
+                    return decision;
+                }
+            };
+        }
+    }
+
+    /// Sends `release` to every server, errors ignored: in the background on a quorum; on a
+    /// single server (no background there) at once, bounded by the timeouts.
+    fn forget(&self, release: &Request) {
+        if self.servers() > 1 {
+            self.send_and_forget(|_| release.clone());
         } else {
-            self.attempt_quorum(ttl, ttl_ms)
+            let _ = self.invoke(release, Resend::IfStale);
         }
     }
-
-    /// One server: one script, one round trip.
-    fn attempt_single(&self, ttl: Duration, ttl_ms: u64) -> Result<Attempt<RedisLease>, Error> {
-        let nonce = Nonce::new();
-        let call = protocol::acquire([&*self.keys], &nonce, ttl_ms);
-        let sent = Instant::now();
-        // Resending is safe: the script grants a nonce's own lock again with the same token.
-        let (reply, _) = self.server.invoke(&call, Resend::IfStale)?;
-        let Some(tokens) = protocol::decode_acquire(&reply, 1)? else {
-            return Ok(Attempt::Held);
-        };
-        // Dropped, a lease no longer valid releases the grant nobody can use.
-        Ok(granted_or_too_slow(RedisLease::granted(
-            self,
-            nonce,
-            tokens[0],
-            ttl,
-            protocol::valid_until(sent, ttl),
-        )))
-    }
-
-    /// A quorum: claim the key on every server (round 1), then store the token where the claim
-    /// is still ours (round 2); see [`protocol::quorum`] for why tokens still only grow.
-    fn attempt_quorum(&self, ttl: Duration, ttl_ms: u64) -> Result<Attempt<RedisLease>, Error> {
-        let (server, keys) = (&self.server, &self.keys);
-        let n = server.servers();
-        let nonce = Nonce::new();
-        let sent = Instant::now();
-        let valid_until = protocol::valid_until(sent, ttl);
-        let claimed = server.round(
-            0..n,
-            |_| protocol::claim(keys, &nonce, ttl_ms),
-            server.round_deadline(valid_until),
-            ClaimTally::new(n),
-        );
-        let stored = claimed.into_store().and_then(|(token, granted)| {
-            server
-                .round(
-                    granted.iter().copied(),
-                    |_| protocol::store(keys, &nonce, token),
-                    server.round_deadline(valid_until),
-                    StoreTally::new(n, granted.len()),
-                )
-                .into_grant()
-                .map(|()| token)
-        });
-        match stored {
-            // Dropped, a lease no longer valid releases the grant nobody can use.
-            Ok(token) => Ok(granted_or_too_slow(RedisLease::granted(
-                self,
-                nonce,
-                token,
-                ttl,
-                valid_until,
-            ))),
-            Err(refusal) => {
-                server.send_and_forget(|_| protocol::release(keys, &nonce));
-                refusal.into_attempt()
-            }
-        }
-    }
-}
-
-/// A lease granted by the server, if still valid by the time the reply came back.
-fn granted_or_too_slow(lease: RedisLease) -> Attempt<RedisLease> {
-    if lease.is_valid() {
-        Attempt::Granted(lease)
-    } else {
-        Attempt::TooSlow
-    }
-}
-
-/// A delay drawn uniformly from `[delay / 2, delay]`, so waiters that collided do not collide
-/// again in lockstep.
-pub(crate) fn jittered(delay: Duration) -> Duration {
-    let half = delay / 2;
-    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-    let extra = protocol::random_words()[0] % nanos.saturating_add(1);
-    half + Duration::from_nanos(extra)
 }
 
 impl fmt::Debug for RedisLock {
@@ -254,31 +211,16 @@ impl fmt::Debug for RedisLock {
 pub struct RedisLease {
     server: LockServer,
     keys: Arc<LockKeys>,
-    nonce: Nonce,
-    token: FencingToken,
-    /// The TTL it was granted or last renewed with (a [`KeptLease`](crate::KeptLease) renews to it).
-    ttl: Duration,
-    valid_until: Instant,
-    /// Still to be released: false after `release`, or once the server said it is not ours.
-    held: bool,
+    /// Its nonce, token, TTL, validity, and whether it is still to be released.
+    state: LeaseState,
 }
 
 impl RedisLease {
-    fn granted(
-        lock: &RedisLock,
-        nonce: Nonce,
-        token: FencingToken,
-        ttl: Duration,
-        valid_until: Instant,
-    ) -> Self {
+    fn new(lock: &RedisLock, state: LeaseState) -> Self {
         Self {
             server: lock.server.clone(),
             keys: Arc::clone(&lock.keys),
-            nonce,
-            token,
-            ttl,
-            valid_until,
-            held: true,
+            state,
         }
     }
 
@@ -287,7 +229,7 @@ impl RedisLease {
     #[inline]
     #[must_use]
     pub fn token(&self) -> FencingToken {
-        self.token
+        self.state.token()
     }
 
     /// How long the lease is still valid, by the local monotonic clock: the TTL, counted from
@@ -297,20 +239,17 @@ impl RedisLease {
     #[inline]
     #[must_use]
     pub fn remaining(&self) -> Option<Duration> {
-        if !self.held {
-            return None;
-        }
-        Some(self.valid_until.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+        self.state.remaining(Instant::now())
     }
 
     /// The TTL this lease was granted, or last renewed, with.
     pub(crate) fn ttl(&self) -> Duration {
-        self.ttl
+        self.state.ttl()
     }
 
     /// When the lease stops being valid by the local clock (see [`remaining`](Self::remaining)).
     pub(crate) fn valid_until(&self) -> Instant {
-        self.valid_until
+        self.state.valid_until()
     }
 
     /// `remaining().is_some()`.
@@ -335,57 +274,22 @@ impl RedisLease {
     ///   holds the lock; nothing changed, and the lease stays lost;
     /// - [`Error::InvalidInput`] for a TTL out of range; [`Error::Redis`] as for acquiring.
     pub fn renew(&mut self, ttl: Duration) -> Result<(), Error> {
-        let ttl_ms = protocol::ttl_millis(ttl)?;
-        if !self.held {
-            return Err(Error::Lost(LeaseLost::Expired));
+        let servers = self.server.servers();
+        let renewal = Renewal::new(servers, &self.keys, &mut self.state, ttl, Instant::now)?;
+        let renewed = self.server.perform(renewal);
+        if let Err(Error::Lost(_)) = renewed {
+            self.lose();
         }
-        let sent = Instant::now();
-        let outcome = if self.server.servers() == 1 {
-            let call = protocol::renew(&self.keys, &self.nonce, ttl_ms);
-            let (reply, _) = self.server.invoke(&call, Resend::IfStale)?;
-            protocol::decode_holder(&reply)?.into_result()
-        } else {
-            self.renew_quorum(ttl_ms, sent)
-        };
-        match outcome {
-            Ok(()) => {
-                self.valid_until = protocol::valid_until(sent, ttl);
-                self.ttl = ttl;
-            }
-            Err(Error::Lost(_)) => self.lose(),
-            Err(_) => {}
-        }
-        outcome
+        renewed
     }
 
-    /// A quorum renewal counts only if a majority renewed before the validity left ran out.
-    fn renew_quorum(&mut self, ttl_ms: u64, sent: Instant) -> Result<(), Error> {
-        if sent >= self.valid_until {
-            // Too late to renew: the lease is lost. Release it everywhere, which also tells
-            // whether a newer acquisition holds the lock.
-            self.held = false;
-            return match self.release_quorum() {
-                Err(Error::Lost(lost)) => Err(Error::Lost(lost)),
-                _ => Err(Error::Lost(LeaseLost::Expired)),
-            };
-        }
-        let (keys, nonce, n) = (&self.keys, &self.nonce, self.server.servers());
-        let renewed = self.server.round(
-            0..n,
-            |_| protocol::renew(keys, nonce, ttl_ms),
-            self.server.round_deadline(self.valid_until),
-            HolderTally::new(n, self.token),
-        );
-        renewed.into_renewal(Instant::now() < self.valid_until)
-    }
-
-    /// The lease is lost: free what is left of it everywhere, in the background.
+    /// The lease is lost: free what is left of it everywhere, in the background (on a single
+    /// server nothing is left).
     fn lose(&mut self) {
-        self.held = false;
+        self.state.lose();
         if self.server.servers() > 1 {
-            let (keys, nonce) = (&self.keys, &self.nonce);
-            self.server
-                .send_and_forget(|_| protocol::release(keys, nonce));
+            let (keys, state) = (&self.keys, &self.state);
+            self.server.send_and_forget(|_| state.release_request(keys));
         }
     }
 
@@ -400,42 +304,15 @@ impl RedisLease {
     }
 
     fn release_once(&mut self) -> Result<(), Error> {
-        if !self.held {
-            return Err(Error::Lost(LeaseLost::Expired));
-        }
-        self.held = false;
-        if self.server.servers() > 1 {
-            return self.release_quorum();
-        }
-        let call = protocol::release(&self.keys, &self.nonce);
-        let (reply, resent) = self.server.invoke(&call, Resend::IfStale)?;
-        match protocol::decode_holder(&reply)? {
-            // Sent twice, the first may have deleted the key: either way the lock is free and
-            // this lease no longer holds it.
-            Holder::Nobody if resent => Ok(()),
-            holder => holder.into_result(),
-        }
-    }
-}
-
-impl RedisLease {
-    /// Releases on every server; decided by a majority.
-    fn release_quorum(&self) -> Result<(), Error> {
-        let (keys, nonce, n) = (&self.keys, &self.nonce, self.server.servers());
-        let released = self.server.round(
-            0..n,
-            |_| protocol::release(keys, nonce),
-            self.server
-                .round_deadline(Instant::now() + protocol::MAX_TTL),
-            HolderTally::new(n, self.token),
-        );
-        released.into_release()
+        let servers = self.server.servers();
+        let release = Release::new(servers, &self.keys, &mut self.state)?;
+        self.server.perform(release)
     }
 }
 
 impl Drop for RedisLease {
     fn drop(&mut self) {
-        if !self.held {
+        if !self.state.is_held() {
             return;
         }
         if self.server.servers() > 1 {
@@ -452,7 +329,7 @@ impl fmt::Debug for RedisLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLease")
             .field("name", &self.keys.name)
-            .field("token", &self.token)
+            .field("token", &self.token())
             .field("remaining", &self.remaining())
             .finish()
     }
@@ -517,12 +394,10 @@ pub fn try_acquire_all(
         .iter()
         .zip(tokens)
         .map(|(lock, token)| {
-            RedisLease::granted(
+            let valid_until = protocol::valid_until(sent, ttl);
+            RedisLease::new(
                 lock,
-                nonce.clone(),
-                token,
-                ttl,
-                protocol::valid_until(sent, ttl),
+                LeaseState::granted(nonce.clone(), token, ttl, valid_until),
             )
         })
         .collect();

@@ -18,12 +18,20 @@
 //! The *lease* (mutual exclusion in time) additionally assumes bounded clock drift between the
 //! client and the servers: its validity is the TTL minus the time since round 1 was sent, minus
 //! [`drift_allowance`](super::drift_allowance).
+//!
+//! # In which order
+//!
+//! Which rounds an acquisition, a renewal or a release sends, with which deadlines, and what
+//! each outcome leads to — the release of an attempt that failed included — is decided by the
+//! state machines of [`lease`]; the front ends only run the rounds.
 
 use fencelock::{FencingToken, LeaseLost};
 use redis::Value;
 
 use super::{decode_claim, decode_holder, decode_store, Claim, Holder, MAX_TOKEN};
 use crate::error::{Error, InvalidInput};
+
+pub(crate) mod lease;
 
 /// Collects the servers' replies to one round until its outcome is decided. The front ends feed
 /// it; it never waits or sends.
@@ -181,10 +189,32 @@ pub(crate) enum Refusal {
 }
 
 /// How one acquisition attempt ended, for a front end whose leases are `L`.
+#[derive(Debug)]
 pub(crate) enum Attempt<L> {
     Granted(L),
     Held,
     TooSlow,
+}
+
+impl<L> Attempt<L> {
+    /// The same ending, with the lease made into an `M`.
+    pub(crate) fn map<M>(self, lease: impl FnOnce(L) -> M) -> Attempt<M> {
+        match self {
+            Self::Granted(granted) => Attempt::Granted(lease(granted)),
+            Self::Held => Attempt::Held,
+            Self::TooSlow => Attempt::TooSlow,
+        }
+    }
+
+    /// What a single try (`try_acquire`) reports: the lease, `None` if others hold the lock, or
+    /// [`LeaseLost::Expired`] for a grant that came back too late to be valid.
+    pub(crate) fn into_lease(self) -> Result<Option<L>, Error> {
+        match self {
+            Self::Granted(lease) => Ok(Some(lease)),
+            Self::Held => Ok(None),
+            Self::TooSlow => Err(Error::Lost(LeaseLost::Expired)),
+        }
+    }
 }
 
 impl Refusal {
@@ -425,6 +455,16 @@ mod tests {
         assert!(matches!(
             Refusal::TooSlow.into_attempt::<()>(),
             Ok(Attempt::TooSlow)
+        ));
+        assert!(matches!(
+            Attempt::Granted(7).map(|n| n + 1),
+            Attempt::Granted(8)
+        ));
+        assert!(matches!(Attempt::Granted(7).into_lease(), Ok(Some(7))));
+        assert!(matches!(Attempt::<u8>::Held.into_lease(), Ok(None)));
+        assert!(matches!(
+            Attempt::<u8>::TooSlow.into_lease(),
+            Err(Error::Lost(LeaseLost::Expired))
         ));
     }
 
