@@ -1,4 +1,5 @@
-//! `SpinLock` side by side with its peers, in one run: `std::sync::Mutex`, `parking_lot::Mutex`,
+//! `SpinLock` — the default `Adaptive` and the fixed strategies `Backoff`, `Spin` and `Yield` —
+//! side by side with its peers, in one run: `std::sync::Mutex`, `parking_lot::Mutex`,
 //! `spin`'s `SpinMutex` with its `Spin` and `Yield` strategies, and a bare floor (an `AtomicBool`
 //! taken with one `swap`, given back with one `Release` store).
 //!
@@ -29,7 +30,7 @@
 //! `target/criterion/report/index.html`.
 //!
 //! ```text
-//! cargo bench --bench spin_lock                 # about 8 minutes
+//! cargo bench --bench spin_lock                 # about 9 minutes
 //! cargo bench --bench spin_lock -- --warm-up-time 1 --measurement-time 2 oversubscribed
 //! python3 benches/chart.py                      # writes target/criterion/relative_to_parking_lot.svg
 //! ```
@@ -45,7 +46,7 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use crossbeam_utils::CachePadded;
-use fencelock::{Spin, SpinLock, Yield};
+use fencelock::{Backoff, Spin, SpinLock, Yield};
 
 /// Ops each thread does in the fairness run: enough for the run to span many scheduler time
 /// slices, so that with 8 threads on 2 cores no thread can finish inside its first slice.
@@ -114,8 +115,14 @@ macro_rules! peer {
 
 peer!(
     SpinLock<u64>,
-    "fencelock::SpinLock<Backoff>",
+    "fencelock::SpinLock (Adaptive)",
     SpinLock::new(0),
+    |l| l.lock()
+);
+peer!(
+    SpinLock<u64, Backoff>,
+    "fencelock::SpinLock<Backoff>",
+    SpinLock::with_relax(0, Backoff),
     |l| l.lock()
 );
 peer!(
@@ -394,6 +401,7 @@ macro_rules! every_peer {
     ($bench:ident($group:expr $(, $arg:expr)*)) => {
         $bench::<Floor>($group $(, $arg)*);
         $bench::<SpinLock<u64>>($group $(, $arg)*);
+        $bench::<SpinLock<u64, Backoff>>($group $(, $arg)*);
         $bench::<SpinLock<u64, Spin>>($group $(, $arg)*);
         $bench::<SpinLock<u64, Yield>>($group $(, $arg)*);
         $bench::<std::sync::Mutex<u64>>($group $(, $arg)*);
@@ -459,7 +467,7 @@ fn bench_turns(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    // About 8 minutes for the whole run. Set here, not on the groups, so that
+    // About 9 minutes for the whole run. Set here, not on the groups, so that
     // `--warm-up-time` / `--measurement-time` on the command line still override it.
     config = Criterion::default()
         .sample_size(25)

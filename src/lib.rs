@@ -2,9 +2,9 @@
 //! unit twice.
 //!
 //! - [`SpinLock`]: an exclusive lock from compare-and-swap — test-and-test-and-set on one byte,
-//!   a fenced (`Release`) unlock, and a waiting strategy chosen at the type: [`Spin`], [`Yield`]
-//!   or [`Backoff`] (the default). [`SpinLock::try_lock_for`] gives up at a deadline; guards
-//!   narrow with [`SpinLockGuard::map`] (a [`MappedSpinLockGuard`]). [`RawSpinLock`] is its
+//!   a fenced (`Release`) unlock, and a waiting strategy chosen at the type: [`Spin`], [`Yield`],
+//!   [`Backoff`], or [`Adaptive`] (the default), which learns per thread which of the last two
+//!   fits. [`SpinLock::try_lock_for`] gives up at a deadline; guards narrow with [`SpinLockGuard::map`] (a [`MappedSpinLockGuard`]). [`RawSpinLock`] is its
 //!   protocol alone, and implements lock_api's `RawMutex`, `RawMutexFair` and `RawMutexTimed`.
 //! - [`lock_all`], [`try_lock_all`], [`lock_slice`]: several locks at once, without deadlock —
 //!   every thread takes them in one global order (each lock's address), and the guards come back
@@ -56,7 +56,8 @@
 //!
 //! # Features
 //!
-//! - `std` (default): [`Yield`], and [`Backoff`] yielding once spinning stops paying;
+//! - `std` (default): [`Yield`], [`Backoff`] yielding once spinning stops paying, and
+//!   [`Adaptive`] learning per thread (without `std` it is `Backoff` spinning only);
 //!   [`DeadlineLock`] and [`MonotonicClock`] (waiting parks through `parking_lot_core`). Without
 //!   it the crate is `no_std` and waits by spinning only.
 //!   [`SpinLock::try_lock_for`] / [`try_lock_until`](SpinLock::try_lock_until) and lock_api's
@@ -102,7 +103,7 @@ pub use crate::ordered::{lock_all, try_lock_all, LockSet, SameLock};
 pub use crate::raw_spin_lock::RawSpinLock;
 #[cfg(feature = "std")]
 pub use crate::relax::Yield;
-pub use crate::relax::{Backoff, Relax, Spin};
+pub use crate::relax::{Adaptive, Backoff, Relax, Spin};
 pub use crate::spin_lock::{MappedSpinLockGuard, SpinLock, SpinLockGuard};
 
 /// The README's examples, compiled and run as doctests so that they stay true.

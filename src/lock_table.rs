@@ -17,7 +17,7 @@ use std::collections::hash_map::RandomState;
 use crate::lockdep;
 use crate::ordered::{sorted_positions, SameLock};
 use crate::primitive::Arc;
-use crate::relax::{Backoff, Relax};
+use crate::relax::{Adaptive, Relax};
 use crate::spin_lock::{SpinLock, SpinLockGuard};
 
 /// Stripes of a table built with [`LockTable::new`].
@@ -54,7 +54,7 @@ struct Stripe<R>(SpinLock<(), R>);
 /// let both = stocks.lock_all(&["MSFT".to_string(), "GOOG".to_string()]).unwrap();
 /// assert_eq!(both.len(), 2);
 /// ```
-pub struct LockTable<K: ?Sized, S = RandomState, R = Backoff> {
+pub struct LockTable<K: ?Sized, S = RandomState, R = Adaptive> {
     stripes: Box<[Stripe<R>]>,
     hasher: S,
     /// The table stores no key: `K` only says what may name a lock.
@@ -258,7 +258,7 @@ impl<K: ?Sized, S, R> fmt::Debug for LockTable<K, S, R> {
 /// `!Send`, like [`SpinLockGuard`]: with the `send_guard` feature it is `Send`, and may be dropped
 /// on another thread.
 #[must_use = "if unused the key is released at once"]
-pub struct KeyGuard<'a, R = Backoff> {
+pub struct KeyGuard<'a, R = Adaptive> {
     stripe: Holding<'a, R>,
 }
 

@@ -9,7 +9,7 @@
 use core::marker::PhantomData;
 
 use crate::primitive::{self, const_fn_unless_loom, AtomicU8, Ordering::*};
-use crate::relax::{Backoff, Relax};
+use crate::relax::{Adaptive, Relax};
 
 /// Nobody holds the lock.
 const UNLOCKED: u8 = 0;
@@ -43,7 +43,7 @@ const LOCKED: u8 = 1;
 /// unsafe { raw.unlock() };
 /// assert!(!raw.is_locked());
 /// ```
-pub struct RawSpinLock<R = Backoff> {
+pub struct RawSpinLock<R = Adaptive> {
     /// | value      | meaning                           |
     /// |------------|-----------------------------------|
     /// | `UNLOCKED` | free: a CAS to `LOCKED` takes it  |

@@ -13,12 +13,12 @@ use core::ptr::NonNull;
 use crate::lockdep::{self, CallSite};
 use crate::primitive::{self, const_fn_unless_loom, Access, MutPtr, UnsafeCell};
 use crate::raw_spin_lock::RawSpinLock;
-use crate::relax::{Backoff, Relax};
+use crate::relax::{Adaptive, Relax};
 
 /// A mutual-exclusion lock that waits by spinning: test-and-test-and-set on one byte.
 ///
-/// `SpinLock<T>` waits with [`Backoff`]; `SpinLock<T, Spin>` and `SpinLock<T, Yield>` pick another
-/// [`Relax`] strategy. `size_of::<SpinLock<()>>() == 1`.
+/// `SpinLock<T>` waits with [`Adaptive`]; `SpinLock<T, Spin>`, `SpinLock<T, Yield>` and
+/// `SpinLock<T, Backoff>` pick another [`Relax`] strategy. `size_of::<SpinLock<()>>() == 1`.
 ///
 /// There is no poisoning: a guard dropped while its thread panics releases the lock like any
 /// other drop, and the next holder sees the data as the panicking thread left it.
@@ -45,7 +45,7 @@ use crate::relax::{Backoff, Relax};
 /// }
 /// assert_eq!(*units.lock(), 4);
 /// ```
-pub struct SpinLock<T: ?Sized, R = Backoff> {
+pub struct SpinLock<T: ?Sized, R = Adaptive> {
     raw: RawSpinLock<R>,
     data: UnsafeCell<T>,
 }
@@ -59,7 +59,7 @@ unsafe impl<T: ?Sized + Send, R> Send for SpinLock<T, R> {}
 
 impl<T> SpinLock<T> {
     const_fn_unless_loom! {
-        /// A new, unlocked lock around `value`, waiting with [`Backoff`].
+        /// A new, unlocked lock around `value`, waiting with [`Adaptive`].
         ///
         /// ```
         /// use fencelock::SpinLock;
@@ -70,7 +70,7 @@ impl<T> SpinLock<T> {
         /// ```
         #[inline]
         pub fn new(value: T) -> Self {
-            Self::with_relax(value, Backoff)
+            Self::with_relax(value, Adaptive)
         }
     }
 }
@@ -407,7 +407,7 @@ fn order_key<R>(raw: &RawSpinLock<R>) -> usize {
 /// guards `Send` (when `T: Send`) for code that must release on another thread; nothing in the
 /// lock itself is tied to the locking thread, but `lockdep` then keeps a stale record.
 #[must_use = "if unused the SpinLock will immediately unlock"]
-pub struct SpinLockGuard<'a, T: ?Sized, R = Backoff> {
+pub struct SpinLockGuard<'a, T: ?Sized, R = Adaptive> {
     lock: &'a SpinLock<T, R>,
     /// The access to the data, alive exactly while the lock is held: dropped by hand in `drop`,
     /// before the unlock (under loom it is the tracked access that race detection watches).
@@ -645,7 +645,7 @@ impl<T: ?Sized + fmt::Display, R> fmt::Display for SpinLockGuard<'_, T, R> {
 /// assert_eq!(pair.lock().0, "ibm");
 /// ```
 #[must_use = "if unused the SpinLock will immediately unlock"]
-pub struct MappedSpinLockGuard<'a, T: ?Sized, R = Backoff> {
+pub struct MappedSpinLockGuard<'a, T: ?Sized, R = Adaptive> {
     raw: &'a RawSpinLock<R>,
     /// Into the locked data, valid and reachable by this guard alone while the lock is held.
     data: NonNull<T>,

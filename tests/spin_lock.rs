@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "std")]
 use fencelock::Yield;
-use fencelock::{Backoff, MappedSpinLockGuard, RawSpinLock, Relax, Spin, SpinLock, SpinLockGuard};
+use fencelock::{Adaptive, MappedSpinLockGuard, RawSpinLock, Relax, Spin, SpinLock, SpinLockGuard};
 
 /// Threads in the stress tests: more than the 2 cores of the machine, so holders get preempted
 /// and waiters really wait.
@@ -65,8 +65,8 @@ fn lock_gives_access_and_release_unlocks() {
 fn new_infers_default_strategy_without_annotation() {
     let lock = SpinLock::new(0);
     *lock.lock() += 1;
-    // The default strategy is `Backoff`, as `Vec::new` picks the global allocator.
-    let named: &SpinLock<i32, Backoff> = &lock;
+    // The default strategy is `Adaptive`, as `Vec::new` picks the global allocator.
+    let named: &SpinLock<i32, Adaptive> = &lock;
     assert_eq!(*named.lock(), 1);
 }
 
@@ -621,8 +621,8 @@ macro_rules! assert_not_impl {
     }};
 }
 
-type Guard<T, R = Backoff> = SpinLockGuard<'static, T, R>;
-type Mapped<T, R = Backoff> = MappedSpinLockGuard<'static, T, R>;
+type Guard<T, R = Adaptive> = SpinLockGuard<'static, T, R>;
+type Mapped<T, R = Adaptive> = MappedSpinLockGuard<'static, T, R>;
 
 #[test]
 fn send_and_sync_as_std_mutex() {

@@ -307,5 +307,6 @@ proptest! {
     #[test]
     fn raw_spin_lock_matches_model(ops in ops()) {
         check_raw::<fencelock::Backoff>(&ops)?;
+        check_raw::<fencelock::Adaptive>(&ops)?;
     }
 }
