@@ -140,10 +140,12 @@ impl Relax for Backoff {
 /// taking it at the first opening costs a cache-line transfer per critical section, while a
 /// waiter that steps aside (`yield_now`) lets the running holder do several critical sections in
 /// a row on a line it already owns — with 2 threads on one hot lock, [`Yield`] beats [`Backoff`]
-/// by about 1.7x on the README's 2-core machine. A wait that needs more than
-/// one look (holders that hold longer, a holder preempted, threads taking strict turns) puts the
-/// thread back on `Backoff`, whose short spins hand the lock over fastest when the hand-over is
-/// what everyone waits for.
+/// by about 1.7x on the README's 2-core machine. A wait that needs more than one look (holders
+/// that hold longer, a holder preempted, threads taking strict turns) puts the thread back on
+/// `Backoff`, whose short spins hand the lock over fastest when the hand-over is what everyone
+/// waits for. Leaving at the first longer wait costs it some of `Yield`'s lead on one hot lock
+/// (see the README's table); staying longer (up to two looks) was tried and lost more in strict
+/// turns and with 8 threads than it won there.
 ///
 /// What it learns is per thread, in two thread-local bytes: the lock stays one byte, and the
 /// uncontended path (which never calls a strategy) costs nothing more. The judgement is made at
