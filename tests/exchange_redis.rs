@@ -167,32 +167,30 @@ fn assert_settled(output: &str) {
     );
 }
 
-#[test]
-fn across_processes_every_unit_is_sold_exactly_once_and_the_stalled_write_is_refused() {
-    let server = RedisProcess::start();
-    let output = run_exchange(&["--redis", &server.url(), "--processes", "3"]);
+/// The trading step's checks: 3 trader processes, and the stalled trader's late write refused.
+fn assert_traded(output: &str) {
     assert!(
-        late_writes_refused(&output) >= 1,
+        late_writes_refused(output) >= 1,
         "no late write was refused:\n{output}"
     );
     assert!(
         output.contains("processes: 3,"),
         "not 3 processes:\n{output}"
     );
+}
+
+#[test]
+fn across_processes_every_unit_is_sold_exactly_once_and_the_stalled_write_is_refused() {
+    let server = RedisProcess::start();
+    let output = run_exchange(&["--redis", &server.url(), "--processes", "3"]);
+    assert_traded(&output);
     assert_settled(&output);
 }
 
 #[test]
 fn on_a_quorum_of_three_a_lock_server_killed_mid_trading_loses_no_unit_and_admits_no_late_write() {
     let output = run_exchange(&["--redis", "--quorum", "3", "--processes", "3"]);
-    assert!(
-        late_writes_refused(&output) >= 1,
-        "no late write was refused:\n{output}"
-    );
-    assert!(
-        output.contains("processes: 3,"),
-        "not 3 processes:\n{output}"
-    );
+    assert_traded(&output);
     assert!(
         output.contains("-- kill -9 lock server 0 ")
             && output.contains("lock servers: 3, killed: lock server 0 "),

@@ -193,6 +193,26 @@ struct Hold {
 }
 
 impl Hold {
+    /// Releases `kept` (which stops its renewer first) and records the hold that ends there.
+    fn released(
+        stock: usize,
+        kept: KeptLease,
+        since: Instant,
+        settling: Settling,
+        late_write: Option<Result<(), Error>>,
+    ) -> Self {
+        let token = kept.token().get();
+        let released = kept.release();
+        Hold {
+            stock,
+            token,
+            settling,
+            held: since.elapsed(),
+            late_write,
+            released,
+        }
+    }
+
     /// Its writes refused as stale: a batch's, when the loss came between `lost()` and the write,
     /// and the late write made on purpose.
     fn refused(&self) -> usize {
@@ -297,16 +317,7 @@ fn settler(
     claims: Option<&Sender<u64>>,
 ) -> Result<Hold, String> {
     let settling = settle(office, stock, &kept, since, claims)?;
-    let token = kept.token().get();
-    let released = kept.release();
-    Ok(Hold {
-        stock,
-        token,
-        settling,
-        held: since.elapsed(),
-        late_write: None,
-        released,
-    })
+    Ok(Hold::released(stock, kept, since, settling, None))
 }
 
 /// The capped settler: settles until its lease is lost, waits (bounded) until the second
@@ -328,16 +339,13 @@ fn capped_settler(
     // Past the wait nobody has taken over: the write below is then admitted, and reported.
     let _ = claimed.recv_timeout(TAKEOVER_WAIT);
     let late_write = office.ledgers[stock].write(kept.token(), &office.settlement(stock, in_hand));
-    let token = kept.token().get();
-    let released = kept.release();
-    Ok(Hold {
+    Ok(Hold::released(
         stock,
-        token,
+        kept,
+        since,
         settling,
-        held: since.elapsed(),
-        late_write: Some(late_write),
-        released,
-    })
+        Some(late_write),
+    ))
 }
 
 /// The second settler: waits for the capped stock's lock, keeps its lease, settles the rest and
