@@ -12,7 +12,7 @@
 //! | `contended_2_threads`       | 2       | one hot lock: hand-over between two threads        |
 //! | `oversubscribed_8_threads`  | 8       | one hot lock, more threads than cores: holders get preempted |
 //! | `random_of_64_8_threads`    | 8       | 64 locks, each op on one picked at random: light contention |
-//! | `long_section_4_threads`    | 4       | one lock held ~100 ns per op ([`LONG_SECTION`]): waiters wait long |
+//! | `long_section_4_threads`    | 4       | one lock held ~100 ns per op (`scenarios::LONG_SECTION`): waiters wait long |
 //! | `strict_turns_2_threads`    | 2       | two threads take turns (each op waits for the other's): hand-over latency |
 //!
 //! In the threaded groups each sample spawns its threads, lines them up on a `Barrier`, and times
@@ -24,6 +24,12 @@
 //! criterion's timing measures fairness: every thread does [`FAIRNESS_OPS`] ops and notes when it
 //! finished, and the bench prints `first thread done / last thread done` to stderr (1.0:
 //! perfectly even).
+//!
+//! Before the first sample of each peer in every threaded group, the bench also prints where the
+//! scheduler has put two threads at that moment: a cache line's round trip between them
+//! ([`report_placement`]). On a VM the host moves the virtual CPUs while the bench runs, and the
+//! hand-over scenarios change winners with the placement, so read a ratio beside its placement;
+//! `benches/placement.rs` sorts fencelock's own strategies by placement.
 //!
 //! `benches/chart.py` turns the results (`target/criterion/*/*/new/`) into an SVG chart of each
 //! lock's throughput relative to parking_lot's, per group; criterion's own HTML report is in
@@ -39,9 +45,7 @@ use std::cell::UnsafeCell;
 use std::hint::{black_box, spin_loop};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Release};
-use std::sync::Barrier;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
@@ -51,92 +55,10 @@ use fencelock::{Backoff, Spin, SpinLock, Yield};
 /// Ops each thread does in the fairness run: enough for the run to span many scheduler time
 /// slices, so that with 8 threads on 2 cores no thread can finish inside its first slice.
 const FAIRNESS_OPS: u64 = 1_000_000;
+mod scenarios;
 
-/// Iterations of a black-boxed loop between two ops: a thread does a little of its own work
-/// before it wants the lock again, as real callers do.
-const WORK_OUTSIDE: u32 = 16;
+use scenarios::{peer, round_trip, run, run_long_section, run_random, run_turns, Peer};
 
-/// A lock around a `u64` counter, as the bench drives it.
-trait Peer: Sync + Sized {
-    /// The name criterion and the fairness line show.
-    const NAME: &'static str;
-
-    /// A new, unlocked counter at zero.
-    fn new() -> Self;
-
-    /// Locks, runs `f` on the counter, unlocks.
-    fn with<O>(&self, f: impl FnOnce(&mut u64) -> O) -> O;
-
-    /// One op: lock, increment, unlock.
-    #[inline]
-    fn increment(&self) {
-        self.with(bump);
-    }
-
-    /// The counter's value, once every thread is done.
-    fn count(&self) -> u64 {
-        self.with(|count| *count)
-    }
-}
-
-/// The critical section: an increment the compiler cannot fold away.
-#[inline(always)]
-fn bump(count: &mut u64) {
-    *count = black_box(*count) + 1;
-}
-
-/// A little work with the lock released.
-#[inline(always)]
-fn work_outside() {
-    for i in 0..WORK_OUTSIDE {
-        black_box(i);
-    }
-}
-
-/// Implements [`Peer`] for a lock whose `lock` call (`$lock`) returns a guard of the counter.
-macro_rules! peer {
-    ($ty:ty, $name:literal, $new:expr, |$l:ident| $lock:expr) => {
-        impl Peer for $ty {
-            const NAME: &'static str = $name;
-
-            fn new() -> Self {
-                $new
-            }
-
-            #[inline]
-            fn with<O>(&self, f: impl FnOnce(&mut u64) -> O) -> O {
-                let $l = self;
-                let mut guard = $lock;
-                f(&mut guard)
-            }
-        }
-    };
-}
-
-peer!(
-    SpinLock<u64>,
-    "fencelock::SpinLock (Adaptive)",
-    SpinLock::new(0),
-    |l| l.lock()
-);
-peer!(
-    SpinLock<u64, Backoff>,
-    "fencelock::SpinLock<Backoff>",
-    SpinLock::with_relax(0, Backoff),
-    |l| l.lock()
-);
-peer!(
-    SpinLock<u64, Spin>,
-    "fencelock::SpinLock<Spin>",
-    SpinLock::with_relax(0, Spin),
-    |l| l.lock()
-);
-peer!(
-    SpinLock<u64, Yield>,
-    "fencelock::SpinLock<Yield>",
-    SpinLock::with_relax(0, Yield),
-    |l| l.lock()
-);
 peer!(
     std::sync::Mutex<u64>,
     "std::sync::Mutex",
@@ -161,7 +83,6 @@ peer!(
     spin::mutex::SpinMutex::new(0),
     |l| l.lock()
 );
-
 /// The floor: the least a lock can do. One `swap` loop to take, one `Release` store to give back.
 struct Floor {
     locked: AtomicBool,
@@ -209,136 +130,12 @@ impl Peer for Floor {
         out
     }
 }
-
-/// What one contended run measured, from the moment the first thread left the barrier.
-struct Run {
-    /// Until the last thread finished its ops.
-    last_done: Duration,
-    /// Until the first thread finished its ops.
-    first_done: Duration,
-}
-
-/// `threads` threads run `body(thread index)` at once, lined up on a barrier; times them.
-fn run_threads(threads: usize, body: impl Fn(usize) + Sync) -> Run {
-    let start_line = Barrier::new(threads);
-    // Each thread notes when it left the barrier and when it finished: the run starts when the
-    // first one leaves, so the spawning thread's own scheduling does not count.
-    let times: Vec<(Instant, Instant)> = thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let (body, start_line) = (&body, &start_line);
-                s.spawn(move || {
-                    start_line.wait();
-                    let started = Instant::now();
-                    body(t);
-                    (started, Instant::now())
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| worker.join().expect("a bench thread panicked"))
-            .collect()
-    });
-    let start = times.iter().map(|&(started, _)| started).min();
-    let done = |at: Instant| at.saturating_duration_since(start.unwrap_or(at));
-    let finished = times.iter().map(|&(_, finished)| done(finished));
-    Run {
-        last_done: finished.clone().max().unwrap_or_default(),
-        first_done: finished.min().unwrap_or_default(),
-    }
-}
-
-/// Fails the bench if `count` ops did not all land: the lock is broken.
-fn check_count<P: Peer>(counted: u64, expected: u64) {
-    assert_eq!(
-        counted,
-        expected,
-        "{}: ops were lost, the lock is broken",
-        P::NAME
+/// Prints where the scheduler has put two threads, before `peer` runs (see [`round_trip`]).
+fn report_placement(peer: &str) {
+    eprintln!(
+        "placement before {peer}: a cache line's round trip between two threads takes {:.0} ns",
+        round_trip(),
     );
-}
-
-/// `threads` threads each do `ops` ops on one shared `P`; checks the final count.
-fn run<P: Peer>(threads: usize, ops: u64) -> Run {
-    // Padded: alone on its cache lines, away from the barrier and the spawning thread's stack.
-    let lock = CachePadded::new(P::new());
-    let run = run_threads(threads, |_| {
-        for _ in 0..ops {
-            lock.increment();
-            work_outside();
-        }
-    });
-    check_count::<P>(lock.count(), threads as u64 * ops);
-    run
-}
-
-/// Locks in the `random_of_64_8_threads` group.
-const RANDOM_LOCKS: usize = 64;
-
-/// `threads` threads each do `ops` ops, each on one of [`RANDOM_LOCKS`] locks picked at random
-/// (xorshift, seeded per thread): most ops find their lock free, some collide.
-fn run_random<P: Peer>(threads: usize, ops: u64) -> Duration {
-    let locks: Vec<CachePadded<P>> = (0..RANDOM_LOCKS)
-        .map(|_| CachePadded::new(P::new()))
-        .collect();
-    let run = run_threads(threads, |t| {
-        let mut seed = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        for _ in 0..ops {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            locks[(seed % RANDOM_LOCKS as u64) as usize].increment();
-            work_outside();
-        }
-    });
-    check_count::<P>(locks.iter().map(|l| l.count()).sum(), threads as u64 * ops);
-    run.last_done
-}
-
-/// Iterations of a black-boxed loop inside the lock in `long_section_4_threads`: about 100 ns on
-/// the README's machine (one iteration measured 0.25 ns there, alone on a core).
-const LONG_SECTION: u32 = 400;
-
-/// `threads` threads each do `ops` ops whose critical section is [`LONG_SECTION`] long.
-fn run_long_section<P: Peer>(threads: usize, ops: u64) -> Duration {
-    let lock = CachePadded::new(P::new());
-    let run = run_threads(threads, |_| {
-        for _ in 0..ops {
-            lock.with(|count| {
-                for i in 0..LONG_SECTION {
-                    black_box(i);
-                }
-                bump(count);
-            });
-            work_outside();
-        }
-    });
-    check_count::<P>(lock.count(), threads as u64 * ops);
-    run.last_done
-}
-
-/// Two threads take strict turns: thread 0 counts on even values, thread 1 on odd ones, and a
-/// thread that finds it is not its turn lets go and tries again. Every op needs a hand-over.
-fn run_turns<P: Peer>(ops: u64) -> Duration {
-    let lock = CachePadded::new(P::new());
-    let run = run_threads(2, |me| {
-        let mut done = 0;
-        while done < ops {
-            let my_turn = lock.with(|count| {
-                let mine = *count % 2 == me as u64;
-                if mine {
-                    bump(count);
-                }
-                mine
-            });
-            if my_turn {
-                done += 1;
-            }
-        }
-    });
-    check_count::<P>(lock.count(), 2 * ops);
-    run.last_done
 }
 
 /// One untimed run of [`FAIRNESS_OPS`] ops per thread; prints how evenly the threads were served.
@@ -368,32 +165,42 @@ fn uncontended<P: Peer>(group: &mut BenchmarkGroup<'_, WallTime>) {
     black_box(lock.count());
 }
 
-fn contended<P: Peer>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) {
+/// Benches `P` in a threaded group: `run(iters)` times one run. Before the first one, reports
+/// where the scheduler placed the threads, then runs `before_first` (the fairness run).
+fn threaded<P: Peer>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    before_first: impl FnOnce(),
+    mut run: impl FnMut(u64) -> Duration,
+) {
     // Inside the closure, so that a peer filtered out on the command line is not run at all.
-    let mut fairness_reported = false;
+    let mut before_first = Some(before_first);
     group.bench_function(P::NAME, |b| {
-        if !fairness_reported {
-            report_fairness::<P>(threads);
-            fairness_reported = true;
+        if let Some(before_first) = before_first.take() {
+            report_placement(P::NAME);
+            before_first();
         }
-        b.iter_custom(|iters| run::<P>(threads, iters).last_done);
+        b.iter_custom(&mut run);
     });
+}
+
+fn contended<P: Peer>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) {
+    threaded::<P>(
+        group,
+        || report_fairness::<P>(threads),
+        |iters| run::<P>(threads, iters).last_done,
+    );
 }
 
 fn random<P: Peer>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) {
-    group.bench_function(P::NAME, |b| {
-        b.iter_custom(|iters| run_random::<P>(threads, iters))
-    });
+    threaded::<P>(group, || {}, |iters| run_random::<P>(threads, iters));
 }
 
 fn long_section<P: Peer>(group: &mut BenchmarkGroup<'_, WallTime>, threads: usize) {
-    group.bench_function(P::NAME, |b| {
-        b.iter_custom(|iters| run_long_section::<P>(threads, iters))
-    });
+    threaded::<P>(group, || {}, |iters| run_long_section::<P>(threads, iters));
 }
 
 fn turns<P: Peer>(group: &mut BenchmarkGroup<'_, WallTime>) {
-    group.bench_function(P::NAME, |b| b.iter_custom(|iters| run_turns::<P>(iters)));
+    threaded::<P>(group, || {}, run_turns::<P>);
 }
 
 /// Runs `$bench::<Peer>(group $(, arg)*)` for every peer.
