@@ -144,8 +144,9 @@ impl Relax for Backoff {
 /// that hold longer, a holder preempted, threads taking strict turns) puts the thread back on
 /// `Backoff`, whose short spins hand the lock over fastest when the hand-over is what everyone
 /// waits for. Leaving at the first longer wait costs it some of `Yield`'s lead on one hot lock
-/// (see the README's table); staying longer (up to two looks) was tried and lost more in strict
-/// turns and with 8 threads than it won there.
+/// (see the README's tables); staying longer (through waits of two or three looks) was tried: on
+/// two hardware threads of one core it caught up with `Yield` on one hot lock and fell to
+/// `Yield`'s level in strict turns, about half of `Backoff` there.
 ///
 /// What it learns is per thread, in two thread-local bytes: the lock stays one byte, and the
 /// uncontended path (which never calls a strategy) costs nothing more. The judgement is made at
