@@ -18,7 +18,11 @@
 //! ```text
 //! cargo bench --bench placement          # 60 rounds per scenario, about a minute
 //! cargo bench --bench placement -- 200   # more rounds
+//! cargo bench --bench placement -- 150 strict_turns contended_2   # only these scenarios
 //! ```
+//!
+//! To try a strategy, add it as a column after the fixed ones: a `peer!` for
+//! `SpinLock<u64, YourStrategy>`, its name in [`STRATEGIES`] and its runner in `every_strategy!`.
 
 // Shared with `spin_lock.rs`, which uses all of it (the `peer!` macro, fairness's `first_done`).
 #[allow(dead_code, unused_imports)]
@@ -32,6 +36,9 @@ use scenarios::{round_trip, run, run_long_section, run_random, run_turns, Peer};
 /// The strategies compared: the default first, then the fixed ones it is measured against.
 const STRATEGIES: [&str; 4] = ["Adaptive", "Backoff", "Spin", "Yield"];
 
+/// Where the fixed strategies are in [`STRATEGIES`]: each round's ratios are to the best of them.
+const FIXED: std::ops::Range<usize> = 1..4;
+
 /// One timed run of a scenario with `ops` ops per thread.
 type Runner = fn(u64) -> Duration;
 
@@ -41,7 +48,7 @@ type Runner = fn(u64) -> Duration;
 struct Scenario {
     name: &'static str,
     ops: u64,
-    runners: [Runner; 4],
+    runners: [Runner; STRATEGIES.len()],
 }
 
 /// The runners of `$scenario` for every strategy.
@@ -116,11 +123,19 @@ fn median_and_lower_quartile(ratios: &mut [f64]) -> (f64, f64) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a plain number is the rounds per scenario.
-    let rounds: usize = std::env::args()
+    // `cargo bench` passes `--bench`. A number is the rounds per scenario; any other word keeps
+    // only the scenarios whose names contain one of the words.
+    let args: Vec<String> = std::env::args()
         .skip(1)
-        .find_map(|arg| arg.parse().ok())
-        .unwrap_or(60);
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    let rounds: usize = args.iter().find_map(|arg| arg.parse().ok()).unwrap_or(60);
+    let words: Vec<&str> = args
+        .iter()
+        .filter(|arg| arg.parse::<usize>().is_err())
+        .map(String::as_str)
+        .collect();
+    let chosen = |name: &str| words.is_empty() || words.iter().any(|word| name.contains(word));
     // xorshift, fixed seed: the same shuffles every run.
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
     let mut next_random = move || {
@@ -134,6 +149,9 @@ fn main() {
     let mut ratios = vec![vec![vec![Vec::new(); STRATEGIES.len()]; scenarios.len()]; 3];
     let mut dropped = vec![0_usize; scenarios.len()];
     for (s, scenario) in scenarios.iter().enumerate() {
+        if !chosen(scenario.name) {
+            continue;
+        }
         let mut order: Vec<usize> = (0..STRATEGIES.len()).collect();
         for _ in 0..rounds {
             for i in (1..order.len()).rev() {
@@ -150,7 +168,7 @@ fn main() {
                 dropped[s] += 1;
                 continue;
             };
-            let best_fixed = nanos_per_op[1..].iter().copied().fold(f64::MAX, f64::min);
+            let best_fixed = nanos_per_op[FIXED].iter().copied().fold(f64::MAX, f64::min);
             for (strategy, nanos) in nanos_per_op.iter().enumerate() {
                 ratios[class][s][strategy].push(best_fixed / nanos);
             }
