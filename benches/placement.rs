@@ -97,8 +97,8 @@ fn scenarios() -> [Scenario; 5] {
     ]
 }
 
-/// Placement classes, by a cache line's round trip between the two threads (ns): the upper bound
-/// of each, and its name. A reading between two classes' bounds (250–300 ns) is in none.
+/// Placement classes, by a cache line's round trip between the two threads: each class's bounds
+/// in ns (from, inclusive; to, exclusive) and its name. A reading of 250–300 ns is in none.
 const PLACEMENTS: [(f64, f64, &str); 3] = [
     (
         0.0,
@@ -146,7 +146,8 @@ fn main() {
     };
     // ratios[placement][scenario][strategy]: one per kept round.
     let scenarios = scenarios();
-    let mut ratios = vec![vec![vec![Vec::new(); STRATEGIES.len()]; scenarios.len()]; 3];
+    let mut ratios =
+        vec![vec![vec![Vec::new(); STRATEGIES.len()]; scenarios.len()]; PLACEMENTS.len()];
     let mut dropped = vec![0_usize; scenarios.len()];
     for (s, scenario) in scenarios.iter().enumerate() {
         if !chosen(scenario.name) {

@@ -41,6 +41,8 @@
 //! python3 benches/chart.py                      # writes target/criterion/relative_to_parking_lot.svg
 //! ```
 
+mod scenarios;
+
 use std::cell::UnsafeCell;
 use std::hint::{black_box, spin_loop};
 use std::sync::atomic::AtomicBool;
@@ -51,13 +53,11 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use crossbeam_utils::CachePadded;
 use fencelock::{Backoff, Spin, SpinLock, Yield};
+use scenarios::{peer, round_trip, run, run_long_section, run_random, run_turns, Peer};
 
 /// Ops each thread does in the fairness run: enough for the run to span many scheduler time
 /// slices, so that with 8 threads on 2 cores no thread can finish inside its first slice.
 const FAIRNESS_OPS: u64 = 1_000_000;
-mod scenarios;
-
-use scenarios::{peer, round_trip, run, run_long_section, run_random, run_turns, Peer};
 
 peer!(
     std::sync::Mutex<u64>,
@@ -83,6 +83,7 @@ peer!(
     spin::mutex::SpinMutex::new(0),
     |l| l.lock()
 );
+
 /// The floor: the least a lock can do. One `swap` loop to take, one `Release` store to give back.
 struct Floor {
     locked: AtomicBool,
@@ -130,6 +131,7 @@ impl Peer for Floor {
         out
     }
 }
+
 /// Prints where the scheduler has put two threads, before `peer` runs (see [`round_trip`]).
 fn report_placement(peer: &str) {
     eprintln!(

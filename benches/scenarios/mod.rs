@@ -45,7 +45,7 @@ pub trait Peer: Sync + Sized {
 
 /// The critical section: an increment the compiler cannot fold away.
 #[inline(always)]
-pub fn bump(count: &mut u64) {
+fn bump(count: &mut u64) {
     *count = black_box(*count) + 1;
 }
 
@@ -111,7 +111,7 @@ pub struct Run {
 }
 
 /// `threads` threads run `body(thread index)` at once, lined up on a barrier; times them.
-pub fn run_threads(threads: usize, body: impl Fn(usize) + Sync) -> Run {
+fn run_threads(threads: usize, body: impl Fn(usize) + Sync) -> Run {
     let start_line = Barrier::new(threads);
     // Each thread notes when it left the barrier and when it finished: the run starts when the
     // first one leaves, so the spawning thread's own scheduling does not count.
@@ -142,7 +142,7 @@ pub fn run_threads(threads: usize, body: impl Fn(usize) + Sync) -> Run {
 }
 
 /// Fails the bench if `count` ops did not all land: the lock is broken.
-pub fn check_count<P: Peer>(counted: u64, expected: u64) {
+fn check_count<P: Peer>(counted: u64, expected: u64) {
     assert_eq!(
         counted,
         expected,
