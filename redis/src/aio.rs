@@ -13,6 +13,12 @@
 //! Dropping a [`RedisLease`] inside a runtime releases it in a background task; outside one, it
 //! is left to expire by its TTL.
 //!
+//! A waiter of [`RedisLock::acquire_timeout`] blocks (`BLPOP`) on a connection of its own, never
+//! on the multiplexed one that other tasks share: a blocked pop holds its connection until it
+//! returns, so the handle keeps a pool of these per server (opened on demand, reused by later
+//! waiters). A waiting future that is dropped (a `select!`, a `timeout`) leaves the queue from a
+//! background task and passes on a hand-off that may have reached it.
+//!
 //! ```
 //! # #[path = "../tests/support/server.rs"] mod server;
 //! # let redis = server::RedisProcess::start();
@@ -43,17 +49,21 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::keep_alive::KeepAlive;
-use crate::protocol::quorum::lease::{
-    Acquisition, LeaseState, Operation, Release, Renewal, Retries, Step,
-};
+use crate::protocol::queue::{Liveness, WaitStep, Waiting};
+use crate::protocol::quorum::lease::{Acquisition, LeaseState, Operation, Release, Renewal, Step};
 use crate::protocol::quorum::{Attempt, Tally};
 use crate::protocol::{self, LockKeys, Request};
 use crate::server::{LockServerBuilder, Settings};
 
-/// One server: its client and its (lazily opened) multiplexed connection.
+/// Idle connections kept per server for waiters' blocking pops.
+const MAX_IDLE_WAIT_CONNECTIONS: usize = 64;
+
+/// One server: its client, its (lazily opened) multiplexed connection, and idle connections of
+/// waiters (each used by one waiter at a time: a blocking pop holds it).
 struct Node {
     client: Client,
     connection: Mutex<Option<MultiplexedConnection>>,
+    waiting: Mutex<Vec<MultiplexedConnection>>,
 }
 
 struct Inner {
@@ -110,6 +120,7 @@ impl LockServer {
                     .map(|client| Node {
                         client,
                         connection: Mutex::new(None),
+                        waiting: Mutex::new(Vec::new()),
                     })
                     .collect(),
                 settings,
@@ -169,6 +180,46 @@ impl LockServer {
         load.query_async::<()>(&mut con).await?;
         *lock(&node.connection) = Some(con.clone());
         Ok(con)
+    }
+
+    /// `BLPOP key timeout` on `server`, on a waiter's connection of its own (from the pool, or
+    /// a new one), bounded by `timeout` + the I/O timeout: `Ok` whether or not anything was
+    /// popped. After an error or a timeout the connection is dropped, its state unknown.
+    async fn block_pop(&self, server: usize, key: &str, timeout: Duration) -> Result<(), Error> {
+        let node = &self.inner.nodes[server];
+        let s = &self.inner.settings;
+        // BLPOP's 0 means "forever": never send it.
+        let timeout = timeout.max(Duration::from_millis(1));
+        let bound = timeout.saturating_add(s.io_timeout);
+        let pooled = lock(&node.waiting).pop();
+        let mut con = match pooled {
+            Some(con) => con,
+            None => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(s.connect_timeout))
+                    .set_response_timeout(Some(bound));
+                node.client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?
+            }
+        };
+        con.set_response_timeout(bound);
+        let mut pop = redis::cmd("BLPOP");
+        pop.arg(key).arg(timeout.as_secs_f64());
+        match tokio::time::timeout(bound, pop.query_async::<Value>(&mut con)).await {
+            Ok(Ok(_)) => {
+                let mut idle = lock(&node.waiting);
+                if idle.len() < MAX_IDLE_WAIT_CONNECTIONS {
+                    idle.push(con);
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "fencelock-redis: a blocking pop got no reply within its timeout",
+            )))),
+        }
     }
 
     /// Runs `request` on `server`, within the I/O timeout; `EVAL` after `NOSCRIPT`. A connection
@@ -343,8 +394,9 @@ impl RedisLock {
         self.attempt(ttl).await?.into_lease()
     }
 
-    /// As [`crate::RedisLock::acquire_timeout`]: retries with jittered, doubling delays
-    /// (`tokio::time::sleep`), never past `wait` by more than one round trip.
+    /// As [`crate::RedisLock::acquire_timeout`]: queued, first come first served, woken by the
+    /// release's hand-off. The blocking pops run on connections of their own (see the
+    /// [module docs](self)); dropping the future leaves the queue in the background.
     ///
     /// # Errors
     /// As [`crate::RedisLock::acquire_timeout`].
@@ -353,16 +405,60 @@ impl RedisLock {
         ttl: Duration,
         wait: Duration,
     ) -> Result<Option<RedisLease>, Error> {
+        if wait.is_zero() {
+            return self.try_acquire(ttl).await;
+        }
         let s = &self.server.inner.settings;
-        let mut retries = Retries::new(wait, s.retry_delay_min, s.retry_delay_max, Instant::now());
+        let liveness = Liveness::new(s.liveness)?;
+        let retry = (s.retry_delay_min, s.retry_delay_max);
+        let servers = self.server.servers();
+        let now = Instant::now();
+        let mut waiting = Waiting::new(servers, &self.keys, ttl, wait, liveness, retry, now)?;
+        let mut abandoned = Abandoned {
+            server: &self.server,
+            requests: Some(waiting.abandon()),
+        };
+        let mut step = waiting.start(now);
         loop {
-            if let Attempt::Granted(lease) = self.attempt(ttl).await? {
-                return Ok(Some(lease));
-            }
-            let Some(sleep) = retries.after_miss(Instant::now()) else {
-                return Ok(None);
+            step = match step {
+                WaitStep::Ask(request) => {
+                    let reply = self.server.invoke(0, &request).await;
+                    waiting.answered(reply.map(|reply| (reply, false)), Instant::now())
+                }
+                WaitStep::Attempt(acquisition) => {
+                    let decision = self.server.perform(acquisition).await;
+                    waiting.attempted(decision, Instant::now())
+                }
+                WaitStep::Block {
+                    server,
+                    key,
+                    timeout,
+                } => {
+                    let popped = self.server.block_pop(server, &key, timeout).await;
+                    waiting.woken(popped, Instant::now())
+                }
+                WaitStep::Sleep(delay) => {
+                    tokio::time::sleep(delay).await;
+                    waiting.slept(Instant::now())
+                }
+                WaitStep::Release(request) => {
+                    // Best effort: an unanswered release ends by the grant's TTL.
+                    let _ = self.server.invoke(0, &request).await;
+                    waiting.slept(Instant::now())
+                }
+                WaitStep::Done(decision, leave) => {
+                    abandoned.requests = None;
+                    if let Some(leave) = leave {
+                        self.server.send_and_forget(|_| leave.clone());
+                    }
+                    let lease = decision?.map(|state| RedisLease {
+                        server: self.server.clone(),
+                        keys: Arc::clone(&self.keys),
+                        state,
+                    });
+                    return Ok(lease);
+                }
             };
-            tokio::time::sleep(sleep).await;
         }
     }
 
@@ -376,6 +472,38 @@ impl RedisLock {
             keys: Arc::clone(&self.keys),
             state,
         }))
+    }
+}
+
+/// Sends a waiter's leaving requests to every server if its future is dropped before it ends.
+struct Abandoned<'a> {
+    server: &'a LockServer,
+    requests: Option<[Request; 2]>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let Some(requests) = self.requests.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // Outside a runtime: the entry goes when its liveness runs out.
+        };
+        let server = self.server.clone();
+        runtime.spawn(async move {
+            // In order on each server: out of the queue first, so that a hand-off passed on by
+            // the release cannot come back to this waiter.
+            let leave = (0..server.servers()).map(|i| {
+                let server = &server;
+                let requests = &requests;
+                async move {
+                    for request in requests {
+                        let _ = server.invoke(i, request).await;
+                    }
+                }
+            });
+            futures_util::future::join_all(leave).await;
+        });
     }
 }
 
@@ -432,8 +560,9 @@ impl RedisLease {
     /// Lost: free what is left of it, in the background.
     fn lose(&mut self) {
         self.state.lose();
-        let (keys, state) = (&self.keys, &self.state);
-        self.server.send_and_forget(|_| state.release_request(keys));
+        let (keys, state, servers) = (&self.keys, &self.state, self.server.servers());
+        self.server
+            .send_and_forget(|_| state.release_request(keys, servers));
     }
 
     /// Keeps the lease alive from a task spawned on the current tokio runtime (as

@@ -128,6 +128,7 @@ pub use error::{Error, InvalidInput};
 pub use fenced::RedisFenced;
 pub use keep_alive::{KeepAlive, KeptLease};
 pub use lock::{try_acquire_all, RedisLease, RedisLock};
+pub use protocol::queue::{MAX_LIVENESS, MIN_LIVENESS};
 pub use protocol::{
     drift_allowance, COUNTER_IDLE, MAX_NAME_LEN, MAX_PREFIX_LEN, MAX_TOKEN, MAX_TTL, MIN_TTL,
 };

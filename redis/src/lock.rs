@@ -9,9 +9,8 @@ use fencelock::{FencingToken, LeaseLost};
 
 use crate::error::{Error, InvalidInput};
 use crate::node::Resend;
-use crate::protocol::quorum::lease::{
-    Acquisition, LeaseState, Operation, Release, Renewal, Retries, Step,
-};
+use crate::protocol::queue::{Liveness, WaitStep, Waiting};
+use crate::protocol::quorum::lease::{Acquisition, LeaseState, Operation, Release, Renewal, Step};
 use crate::protocol::quorum::Attempt;
 use crate::protocol::{self, LockKeys, Nonce, Request};
 use crate::server::LockServer;
@@ -108,33 +107,78 @@ impl RedisLock {
         self.attempt(ttl)?.into_lease()
     }
 
-    /// Takes the lock for `ttl`, trying again while it is held until `wait` has passed; `Ok(None)`
-    /// if it never came free.
+    /// Takes the lock for `ttl`, waiting in line while it is held until `wait` has passed;
+    /// `Ok(None)` if it never came to this caller.
     ///
-    /// Between tries it sleeps a jittered, doubling delay (see
-    /// [`LockServerBuilder::retry_delay`](crate::LockServerBuilder::retry_delay)), never past
-    /// `wait`: it returns at most one round trip after `wait`. A `wait` of zero tries once. A
-    /// grant whose reply came back too late to be valid is released and tried again.
+    /// Waiters are served first come, first served: the release hands the lock, with a new token,
+    /// straight to the first live waiter, and no [`try_acquire`](Self::try_acquire) takes a lock
+    /// that live waiters queue for. A waiter does not poll: it blocks on a wake-up of its own,
+    /// sending one step (its heartbeat) and one blocking pop every third of the
+    /// [liveness window](crate::LockServerBuilder::liveness) (1 s by default), and the first
+    /// waiter blocks no longer than the holder's remaining TTL. A waiter that dies is dropped
+    /// within the window; one whose `wait` runs out leaves the queue before this returns, at
+    /// most one round trip after `wait`. The protocol and its keys are in the crate docs.
+    ///
+    /// On a quorum, the same: waiters are woken by a release and claim at once, the one that has
+    /// waited longest winning on every server it queues on (see the crate docs).
+    ///
+    /// A `wait` of zero tries once, as `try_acquire`. Connection errors while waiting (a server
+    /// restarting) are retried after the [retry delays](crate::LockServerBuilder::retry_delay)
+    /// until `wait` is over, and the waiter queues again, keeping its place.
     ///
     /// # Errors
-    /// As [`try_acquire`](Self::try_acquire), except that a too-late grant is retried; a server
-    /// error ends the wait at once.
+    /// As [`try_acquire`](Self::try_acquire), except that a too-late grant is passed on and
+    /// waited for again; a connection error ends the wait only if it lasts until `wait` is over,
+    /// any other server error at once.
     pub fn acquire_timeout(
         &self,
         ttl: Duration,
         wait: Duration,
     ) -> Result<Option<RedisLease>, Error> {
-        let settings = self.server.settings();
-        let (min, max) = (settings.retry_delay_min, settings.retry_delay_max);
-        let mut retries = Retries::new(wait, min, max, Instant::now());
+        if wait.is_zero() {
+            return self.try_acquire(ttl);
+        }
+        let s = self.server.settings();
+        let liveness = Liveness::new(s.liveness)?;
+        let retry = (s.retry_delay_min, s.retry_delay_max);
+        let servers = self.server.servers();
+        let now = Instant::now();
+        let mut waiting = Waiting::new(servers, &self.keys, ttl, wait, liveness, retry, now)?;
+        let mut step = waiting.start(now);
         loop {
-            if let Attempt::Granted(lease) = self.attempt(ttl)? {
-                return Ok(Some(lease));
-            }
-            let Some(sleep) = retries.after_miss(Instant::now()) else {
-                return Ok(None);
+            step = match step {
+                WaitStep::Ask(request) => {
+                    let reply = self.server.invoke(&request, Resend::IfStale);
+                    waiting.answered(reply, Instant::now())
+                }
+                WaitStep::Attempt(acquisition) => {
+                    let decision = self.server.perform(acquisition);
+                    waiting.attempted(decision, Instant::now())
+                }
+                WaitStep::Block {
+                    server,
+                    key,
+                    timeout,
+                } => {
+                    let popped = self.server.node(server).block_pop(&key, timeout);
+                    waiting.woken(popped, Instant::now())
+                }
+                WaitStep::Sleep(delay) => {
+                    thread::sleep(delay);
+                    waiting.slept(Instant::now())
+                }
+                WaitStep::Release(request) => {
+                    // Best effort: an unanswered release ends by the grant's TTL.
+                    let _ = self.server.invoke(&request, Resend::IfStale);
+                    waiting.slept(Instant::now())
+                }
+                WaitStep::Done(decision, leave) => {
+                    if let Some(leave) = leave {
+                        self.server.send_and_forget(|_| leave.clone());
+                    }
+                    return Ok(decision?.map(|state| RedisLease::new(self, state)));
+                }
             };
-            thread::sleep(sleep);
         }
     }
 
@@ -288,8 +332,9 @@ impl RedisLease {
     fn lose(&mut self) {
         self.state.lose();
         if self.server.servers() > 1 {
-            let (keys, state) = (&self.keys, &self.state);
-            self.server.send_and_forget(|_| state.release_request(keys));
+            let (keys, state, servers) = (&self.keys, &self.state, self.server.servers());
+            self.server
+                .send_and_forget(|_| state.release_request(keys, servers));
         }
     }
 

@@ -108,6 +108,24 @@ impl Node {
         Ok(reply)
     }
 
+    /// `BLPOP key timeout` on a pooled connection, its read timeout raised by `timeout` for the
+    /// call: `Ok` whether or not anything was popped (the waiter's next step finds out). A
+    /// waiter's thread blocks here, so the connection is its own while it does.
+    pub(crate) fn block_pop(&self, key: &str, timeout: Duration) -> Result<(), Error> {
+        // BLPOP's 0 means "forever": never send it.
+        let timeout = timeout.max(Duration::from_millis(1));
+        let read = timeout.saturating_add(self.io_timeout);
+        self.with_connection(Resend::IfStale, |con| {
+            con.set_read_timeout(Some(read))?;
+            let popped = redis::cmd("BLPOP")
+                .arg(key)
+                .arg(timeout.as_secs_f64())
+                .query::<Value>(con);
+            con.set_read_timeout(Some(self.io_timeout))?;
+            popped.map(drop)
+        })
+    }
+
     fn give_back(&self, con: Connection) {
         let mut idle = lock(&self.idle[shard()]);
         if idle.len() < MAX_IDLE_CONNECTIONS / POOL_SHARDS {

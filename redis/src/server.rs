@@ -65,6 +65,7 @@ pub(crate) struct Settings {
     pub(crate) key_prefix: String,
     pub(crate) retry_delay_min: Duration,
     pub(crate) retry_delay_max: Duration,
+    pub(crate) liveness: Duration,
 }
 
 /// Settings for a [`LockServer`]: every one has a default that works.
@@ -74,7 +75,8 @@ pub(crate) struct Settings {
 /// | [`connect_timeout`](Self::connect_timeout) | 1 s | opening a connection, handshake included |
 /// | [`io_timeout`](Self::io_timeout) | 1 s | sending one request, and waiting for its reply |
 /// | [`key_prefix`](Self::key_prefix) | `fencelock:` | the namespace of every key |
-/// | [`retry_delay`](Self::retry_delay) | 2 ms to 64 ms | waits between tries of `acquire_timeout` |
+/// | [`retry_delay`](Self::retry_delay) | 2 ms to 64 ms | waits before a waiter retries after a connection error |
+/// | [`liveness`](Self::liveness) | 1 s | how long a waiter that stopped answering blocks the queue |
 ///
 /// Timeouts must be between a millisecond and an hour; [`open`](Self::open) and the other
 /// constructors refuse others with [`Error::InvalidInput`].
@@ -96,6 +98,7 @@ impl Default for LockServerBuilder {
                 key_prefix: "fencelock:".to_owned(),
                 retry_delay_min: Duration::from_millis(2),
                 retry_delay_max: Duration::from_millis(64),
+                liveness: Duration::from_secs(1),
             },
         }
     }
@@ -120,12 +123,28 @@ impl LockServerBuilder {
         self
     }
 
-    /// The first and the longest delay between tries of
-    /// [`acquire_timeout`](RedisLock::acquire_timeout): each delay doubles up to `max`, and each
-    /// sleep is drawn uniformly from its upper half (jitter).
+    /// The first and the longest delay before a waiter of
+    /// [`acquire_timeout`](RedisLock::acquire_timeout) tries again after a connection error
+    /// (the server restarting, say): each delay doubles up to `max`, and each sleep is drawn
+    /// uniformly from its upper half (jitter). Waiting for a held lock does not poll: see
+    /// [`liveness`](Self::liveness).
     pub fn retry_delay(mut self, min: Duration, max: Duration) -> Self {
         self.settings.retry_delay_min = min;
         self.settings.retry_delay_max = max;
+        self
+    }
+
+    /// How long a waiter of [`acquire_timeout`](RedisLock::acquire_timeout) may stop answering
+    /// (killed, paused, cut off) before it is dropped from the lock's queue, between
+    /// [`MIN_LIVENESS`](crate::MIN_LIVENESS) and [`MAX_LIVENESS`](crate::MAX_LIVENESS).
+    ///
+    /// It bounds what a waiter that died costs the others: the lock handed to it is taken back,
+    /// and a holder's expired lease passed on, within this window. A waiter sends one step and
+    /// one blocking pop every third of it (its heartbeat) while it waits, and the lock handed
+    /// to it is held for half of it until it confirms. Shorter windows recover faster and cost
+    /// the server more requests.
+    pub fn liveness(mut self, window: Duration) -> Self {
+        self.settings.liveness = window;
         self
     }
 
@@ -241,6 +260,7 @@ impl LockServerBuilder {
             ))
             .into());
         }
+        protocol::queue::Liveness::new(s.liveness)?;
         protocol::check_prefix(&s.key_prefix)
     }
 }
@@ -333,6 +353,11 @@ impl LockServer {
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// Server `i` of the handle (the only one of a single-server handle).
+    pub(crate) fn node(&self, i: usize) -> &Node {
+        &self.inner.nodes[i]
     }
 
     /// Whether `self` and `other` are single servers, and the same server and database.

@@ -116,13 +116,16 @@ fn a_paused_server_is_a_timeout_and_the_same_handle_recovers() {
             began.elapsed()
         );
     }
+    // A waiter retries connection errors (a restart is usually brief) until its wait is over,
+    // then reports the error: bounded by the wait, never a hang.
     let began = Instant::now();
+    let wait = Duration::from_secs(2);
     assert!(lock
-        .acquire_timeout(short, Duration::from_secs(30))
+        .acquire_timeout(short, wait)
         .is_err_and(|e| e.is_unavailable()));
     assert!(
-        began.elapsed() < FAILS_WITHIN,
-        "acquire_timeout ends at the error"
+        began.elapsed() < wait + FAILS_WITHIN,
+        "acquire_timeout ends at the error once its wait is over"
     );
     assert!(server.fenced("paused").unwrap().highest().is_err());
     redis.resume();

@@ -14,6 +14,12 @@
 //! | `p{name}:lock` | the holder's `nonce:token` | the lease's TTL |
 //! | `p{name}:token` | the last token issued for `name` | [`COUNTER_IDLE`] after its last use |
 //! | `p{name}:fenced` | the highest token a [`RedisFenced`](crate::RedisFenced) admitted | no TTL |
+//! | `p{name}:queue` | the waiters of [`acquire_timeout`](crate::RedisLock::acquire_timeout), in order (a sorted set: ticket → waiter) | twice the longest liveness window after the last waiter's last heartbeat |
+//! | `p{name}:alive` | each waiter's liveness deadline (a sorted set: server ms → waiter) | as `queue` |
+//! | `p{name}:wake:<waiter>` | the hand-off's wake-up for one waiter (a list it pops) | the hand-off grace |
+//!
+//! The queue is described in [`queue`]: who waits, how the release hands the lock to the first
+//! live waiter, and how a waiter that died drops out.
 //!
 //! The `{name}` hash tag keeps a resource's keys on one slot of a Redis Cluster, which is why
 //! names and prefixes may not contain braces.
@@ -43,6 +49,7 @@ use redis::{Cmd, Script, ToRedisArgs, Value};
 
 use crate::error::{Error, InvalidInput};
 
+pub(crate) mod queue;
 pub(crate) mod quorum;
 pub(crate) mod resp;
 
@@ -148,22 +155,37 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The keys of one lock: the lock key and its token counter, on one hash slot.
+/// The keys of one lock, on one hash slot: the lock key, its token counter, and its queue of
+/// waiters (the order, and each waiter's liveness deadline).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct LockKeys {
     pub(crate) name: String,
     pub(crate) lock: String,
     pub(crate) counter: String,
+    pub(crate) queue: String,
+    pub(crate) alive: String,
+    /// `p{name}:`: where a waiter's wake-up key begins.
+    stem: String,
 }
 
 impl LockKeys {
     pub(crate) fn new(prefix: &str, name: &str) -> Result<Self, Error> {
         check_name(name)?;
+        let stem = format!("{prefix}{{{name}}}:");
         Ok(Self {
             name: name.to_owned(),
-            lock: format!("{prefix}{{{name}}}:lock"),
-            counter: format!("{prefix}{{{name}}}:token"),
+            lock: format!("{stem}lock"),
+            counter: format!("{stem}token"),
+            queue: format!("{stem}queue"),
+            alive: format!("{stem}alive"),
+            stem,
         })
+    }
+
+    /// The key a waiter with `nonce` pops its hand-off from (`p{name}:wake:<nonce>`); the
+    /// scripts build the same name from the lock key (see `WAKE_KEY_LUA`).
+    pub(crate) fn wake(&self, nonce: &Nonce) -> String {
+        format!("{}wake:{}", self.stem, nonce.hex())
     }
 }
 
@@ -232,6 +254,7 @@ impl Request {
     /// Whether this request releases a lease (which a server must get after the claim it follows).
     pub(crate) fn is_release(&self) -> bool {
         core::ptr::eq(self.lua, LazyLock::force(&RELEASE))
+            || core::ptr::eq(self.lua, LazyLock::force(&RELEASE_ON_QUORUM))
     }
 
     /// The script this request runs (to load it after `NOSCRIPT`).
@@ -263,7 +286,7 @@ impl Request {
 /// for any more (a straggler's) cannot be sent again after `NOSCRIPT`, so the scripts must be
 /// there before the first request.
 pub(crate) fn load_quorum_scripts(pipe: &mut redis::Pipeline) {
-    for lua in [&CLAIM, &STORE, &RENEW, &RELEASE] {
+    for lua in [&CLAIM, &STORE, &RENEW, &RELEASE_ON_QUORUM, &LEAVE] {
         pipe.cmd("SCRIPT")
             .arg("LOAD")
             .arg(&LazyLock::force(lua).code);
@@ -297,11 +320,82 @@ local function next_token(counter, idle_ms)
 end
 ";
 
-/// [`ACQUIRE`] for one lock (KEYS: lock key, counter key), without its loops and tables: the
-/// common case, kept cheap for the server. Same arguments, same replies.
+/// The queue's helpers, after [`NEXT_TOKEN_LUA`]. A lock's four keys sit at `KEYS[b]` (lock),
+/// `KEYS[b + 1]` (counter), `KEYS[b + 2]` (queue: ticket → waiter), `KEYS[b + 3]` (alive: liveness
+/// deadline in server ms → waiter). A waiter is `nonce:` followed by its hand-off grace in ms on
+/// one server, and `nonce:` alone on a quorum.
+const QUEUE_LUA: &str = r"
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]), tonumber(t[2])
+end
+local function drop(b, waiter)
+  redis.call('ZREM', KEYS[b + 2], waiter)
+  redis.call('ZREM', KEYS[b + 3], waiter)
+end
+local function live_head(b)
+  if redis.call('EXISTS', KEYS[b + 2]) == 0 then
+    return nil
+  end
+  local s, us = clock()
+  local now = s * 1000 + math.floor(us / 1000)
+  for _ = 1, 64 do
+    local head = redis.call('ZRANGE', KEYS[b + 2], 0, 0)[1]
+    if not head then
+      return nil
+    end
+    local alive = redis.call('ZSCORE', KEYS[b + 3], head)
+    if alive and tonumber(alive) >= now then
+      return head
+    end
+    drop(b, head)
+  end
+  return redis.call('ZRANGE', KEYS[b + 2], 0, 0)[1]
+end
+local function wake_key(b, waiter)
+  return string.sub(KEYS[b], 1, -5) .. 'wake:' .. string.sub(waiter, 1, 32)
+end
+local function hand_off(b, waiter, idle_ms)
+  local token = next_token(KEYS[b + 1], idle_ms)
+  if not token then
+    return nil
+  end
+  drop(b, waiter)
+  local grace = string.sub(waiter, 34)
+  redis.call('SET', KEYS[b], string.sub(waiter, 1, 33) .. token, 'PX', grace)
+  local wake = wake_key(b, waiter)
+  redis.call('RPUSH', wake, token)
+  redis.call('PEXPIRE', wake, grace)
+  return token
+end
+local function join(b, waiter, ticket, alive_ms)
+  local s, us = clock()
+  if ticket == '' then
+    ticket = string.format('%.0f', s * 1000000 + us)
+  end
+  redis.call('ZADD', KEYS[b + 2], 'NX', ticket, waiter)
+  local alive = string.format('%.0f', s * 1000 + math.floor(us / 1000) + tonumber(alive_ms))
+  redis.call('ZADD', KEYS[b + 3], alive, waiter)
+  local keep = 2 * tonumber(alive_ms)
+  if redis.call('PTTL', KEYS[b + 2]) < keep then
+    redis.call('PEXPIRE', KEYS[b + 2], keep)
+    redis.call('PEXPIRE', KEYS[b + 3], keep)
+  end
+  return ticket
+end
+";
+
+/// The Lua of a script that uses the queue: the token counter's and the queue's helpers, then
+/// `body`.
+fn with_queue(body: &str) -> Lua {
+    Lua::new(&format!("{NEXT_TOKEN_LUA}{QUEUE_LUA}{body}"))
+}
+
+/// [`ACQUIRE`] for one lock (KEYS: lock, counter, queue, alive), without its loops and tables:
+/// the common case, kept cheap for the server. Same arguments and replies; a free lock that live
+/// waiters queue for is handed to the first of them (see [`queue`]) and counts as held.
 static ACQUIRE_ONE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
-        "{NEXT_TOKEN_LUA}{}",
+    with_queue(
         r"
 local mine = ARGV[1]
 local current = redis.call('GET', KEYS[1])
@@ -311,38 +405,44 @@ if current then
   end
   return nil
 end
+local first = live_head(1)
+if first then
+  hand_off(1, first, ARGV[3])
+  return nil
+end
 local token = next_token(KEYS[2], ARGV[3])
 if not token then
   return redis.error_reply('fencelock: token space exhausted (2^53)')
 end
 redis.call('SET', KEYS[1], mine .. token, 'PX', ARGV[2])
 return {token}
-"
-    ))
+",
+    )
 });
 
-/// Acquires every lock named in KEYS (pairs: lock key, counter key), all or nothing.
+/// Acquires every lock named in KEYS (quadruples: lock, counter, queue, alive), all or nothing.
 ///
-/// ARGV: the nonce and a colon (`nonce:`), TTL ms, counter idle ms. Returns an array of tokens (strings of digits) in KEYS
-/// order, or nil when any lock is held by another acquisition (and then holds none of them).
-/// Idempotent for one nonce: a lock that already holds this nonce's value (the same request,
-/// resent after its reply was lost) counts as granted with the token it got then. Errors if the
-/// token space is exhausted.
+/// ARGV: the nonce and a colon (`nonce:`), TTL ms, counter idle ms. Returns an array of tokens
+/// (strings of digits) in KEYS order, or nil when any lock is held by another acquisition or has
+/// live waiters queued for it (and then holds none of them). Idempotent for one nonce: a lock
+/// that already holds this nonce's value (the same request, resent after its reply was lost)
+/// counts as granted with the token it got then. Errors if the token space is exhausted.
 static ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
-        "{NEXT_TOKEN_LUA}{}",
+    with_queue(
         r"
 local mine = ARGV[1]
 local current = {}
 local held_by_other = false
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS, 4 do
   current[i] = redis.call('GET', KEYS[i])
   if current[i] and string.sub(current[i], 1, #mine) ~= mine then
+    held_by_other = true
+  elseif not current[i] and live_head(i) then
     held_by_other = true
   end
 end
 if held_by_other then
-  for i = 1, #KEYS, 2 do
+  for i = 1, #KEYS, 4 do
     if current[i] and string.sub(current[i], 1, #mine) == mine then
       redis.call('DEL', KEYS[i])
     end
@@ -350,7 +450,7 @@ if held_by_other then
   return nil
 end
 local tokens = {}
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS, 4 do
   local token
   if current[i] then
     token = string.sub(current[i], #mine + 1)
@@ -364,8 +464,58 @@ for i = 1, #KEYS, 2 do
   tokens[#tokens + 1] = token
 end
 return tokens
-"
-    ))
+",
+    )
+});
+
+/// One step of a waiter on one server (see [`queue`]). KEYS: lock, counter, queue, alive, the
+/// waiter's wake-up list. ARGV: the waiter (`nonce:grace_ms`), TTL ms, counter idle ms, liveness
+/// ms, its ticket (empty the first time: the server's time in µs is taken), `1` to leave.
+///
+/// - The lock holds this nonce (handed off to it, or this request resent): its TTL becomes the
+///   requested one; returns {1, token}.
+/// - The lock is free and nobody live queues before the waiter: takes it with the next token;
+///   returns {1, token}. Either way the waiter is out of the queue.
+/// - The lock is free and another live waiter is first: hands it to that one; then as held.
+/// - Held, leaving: the waiter leaves the queue; returns {2}.
+/// - Held: queues the waiter at its ticket (an earlier place is kept), moves its liveness
+///   deadline to now + liveness ms; returns {0, ticket, the lock's PTTL, the waiter's rank}.
+static WAIT: LazyLock<Lua> = LazyLock::new(|| {
+    with_queue(
+        r"
+local waiter = ARGV[1]
+local mine = string.sub(waiter, 1, 33)
+local function granted(token)
+  drop(1, waiter)
+  redis.call('DEL', KEYS[5])
+  return {1, token}
+end
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 33) == mine then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return granted(string.sub(current, 34))
+end
+if not current then
+  local first = live_head(1)
+  if not first or first == waiter then
+    local token = next_token(KEYS[2], ARGV[3])
+    if not token then
+      return redis.error_reply('fencelock: token space exhausted (2^53)')
+    end
+    redis.call('SET', KEYS[1], mine .. token, 'PX', ARGV[2])
+    return granted(token)
+  end
+  hand_off(1, first, ARGV[3])
+end
+if ARGV[6] == '1' then
+  drop(1, waiter)
+  redis.call('DEL', KEYS[5])
+  return {2}
+end
+local ticket = join(1, waiter, ARGV[5], ARGV[4])
+return {0, ticket, redis.call('PTTL', KEYS[1]), redis.call('ZRANK', KEYS[3], waiter)}
+",
+    )
 });
 
 /// Renews a lease. KEYS: lock key. ARGV: the lease's nonce and a colon (`nonce:`), TTL ms.
@@ -386,19 +536,66 @@ return {0}
     )
 });
 
-/// Releases a lease. KEYS: lock key. ARGV: the lease's nonce and a colon (`nonce:`).
-/// Returns as [`RENEW`] does; only {1} (the key was deleted) changed anything.
+/// Releases a lease on one server. KEYS: lock, counter, queue, alive. ARGV: the lease's nonce and
+/// a colon (`nonce:`), counter idle ms. Returns as [`RENEW`] does; only {1} changed anything: the
+/// lock went, with the next token, to the first live waiter (see [`queue`]), or is free.
 static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
+    with_queue(
         r"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+  local first = live_head(1)
+  if not (first and hand_off(1, first, ARGV[2])) then
+    redis.call('DEL', KEYS[1])
+  end
   return {1}
 elseif current then
   return {2, current}
 end
 return {0}
+",
+    )
+});
+
+/// Releases a lease (or a claim) on one server of a quorum. KEYS: lock, counter, queue, alive.
+/// ARGV: `nonce:`. Returns as [`RELEASE`]. Where the lock is then free, the first live waiter
+/// other than this acquisition is woken (one `free` in its wake-up list, which lives 10 s) to try
+/// at once: a quorum's grant takes two rounds over several servers, so it cannot be handed off
+/// inside one script.
+static RELEASE_ON_QUORUM: LazyLock<Lua> = LazyLock::new(|| {
+    with_queue(
+        r"
+local mine = ARGV[1]
+local current = redis.call('GET', KEYS[1])
+local reply = {0}
+if current and string.sub(current, 1, #mine) == mine then
+  redis.call('DEL', KEYS[1])
+  reply = {1}
+elseif current then
+  return {2, current}
+end
+local first = live_head(1)
+if first and string.sub(first, 1, 33) ~= mine then
+  local wake = wake_key(1, first)
+  if redis.call('EXISTS', wake) == 0 then
+    redis.call('RPUSH', wake, 'free')
+    redis.call('PEXPIRE', wake, 10000)
+  end
+end
+return reply
+",
+    )
+});
+
+/// A waiter gives up without a last step (a quorum's waiter, or a cancelled one). KEYS: queue,
+/// alive, its wake-up list. ARGV: the waiter. Returns 1.
+static LEAVE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+return 1
 ",
     )
 });
@@ -425,36 +622,52 @@ return {1}
     )
 });
 
-/// Round 1 of a quorum acquisition, on each server. KEYS: lock key, counter key. ARGV: `nonce:`,
-/// TTL ms. Sets the lock key to `nonce:` (no token yet) if it is absent — or counts it as set if
-/// it already holds this nonce (a resend) — and returns {1, floor}, where floor = the counter, or
-/// the server's time in µs where there is none, as digits: the token must exceed it. Returns {0, value}
-/// when another acquisition holds the key (nothing changed).
+/// Round 1 of a quorum acquisition, on each server. KEYS: lock, counter, queue, alive. ARGV:
+/// `nonce:`, TTL ms, the waiter's ticket (empty for a single try), liveness ms. Sets the lock key
+/// to `nonce:` (no token yet) if it is absent and no other live waiter queues first — or, where
+/// it already holds this nonce (a resend, or an earlier try of the same waiter), gives it the TTL
+/// again — and returns {1, floor}, where floor = the counter, or the server's time in µs where
+/// there is none, as digits: the token must exceed it. Otherwise returns {0, value} (`value`
+/// empty when the lock is free but a waiter is first), nothing changed but a waiter's place in
+/// the queue and its liveness.
 static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
+    with_queue(
         r"
+local mine = ARGV[1]
 local current = redis.call('GET', KEYS[1])
-if current and string.sub(current, 1, #ARGV[1]) ~= ARGV[1] then
+if current and string.sub(current, 1, #mine) ~= mine then
+  if ARGV[3] ~= '' then
+    join(1, mine, ARGV[3], ARGV[4])
+  end
   return {0, current}
 end
-if not current then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if current then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  local first = live_head(1)
+  if first and first ~= mine then
+    if ARGV[3] ~= '' then
+      join(1, mine, ARGV[3], ARGV[4])
+    end
+    return {0, ''}
+  end
+  redis.call('SET', KEYS[1], mine, 'PX', ARGV[2])
 end
 local last = redis.call('GET', KEYS[2])
 if last then
   return {1, last}
 end
-local time = redis.call('TIME')
-return {1, string.format('%.0f', tonumber(time[1]) * 1000000 + tonumber(time[2]))}
+local s, us = clock()
+return {1, string.format('%.0f', s * 1000000 + us)}
 ",
     )
 });
 
-/// Round 2 of a quorum acquisition, on each server that granted round 1. KEYS: lock key, counter
-/// key. ARGV: `nonce:`, token digits, counter idle ms. Only where this acquisition's key is still
-/// present: raises the counter to the token (never lowers it) and writes the token into the
-/// key's value, keeping its TTL; returns 1. Returns 0, changing nothing, where the key is gone or
-/// another's.
+/// Round 2 of a quorum acquisition, on each server that granted round 1. KEYS: lock, counter,
+/// queue, alive. ARGV: `nonce:`, token digits, counter idle ms. Only where this acquisition's key
+/// is still present: raises the counter to the token (never lowers it), writes the token into the
+/// key's value, keeping its TTL, and takes the acquisition out of the queue; returns 1. Returns
+/// 0, changing nothing, where the key is gone or another's.
 static STORE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
@@ -469,29 +682,78 @@ else
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'KEEPTTL')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
 ",
     )
 });
 
-/// The round-1 request of a quorum acquisition of `keys` by `nonce`, for `ttl_ms`.
-pub(crate) fn claim(keys: &LockKeys, nonce: &Nonce, ttl_ms: u64) -> Request {
-    let mut call = Request::new(&CLAIM);
+/// The four keys of a lock, in the order every queue-aware script takes them.
+fn lock_keys(call: &mut Request, keys: &LockKeys) {
     call.key(&keys.lock)
         .key(&keys.counter)
-        .arg(nonce.prefix())
-        .arg(ttl_ms);
+        .key(&keys.queue)
+        .key(&keys.alive);
+}
+
+/// The round-1 request of a quorum acquisition of `keys` by `nonce`, for `ttl_ms`; a waiter
+/// passes its ticket and liveness (see [`queue`]).
+pub(crate) fn claim(
+    keys: &LockKeys,
+    nonce: &Nonce,
+    ttl_ms: u64,
+    waiter: Option<(&str, u64)>,
+) -> Request {
+    let mut call = Request::new(&CLAIM);
+    lock_keys(&mut call, keys);
+    let (ticket, alive_ms) = waiter.unwrap_or(("", 0));
+    call.arg(nonce.prefix())
+        .arg(ttl_ms)
+        .arg(ticket)
+        .arg(alive_ms);
     call
 }
 
 /// The round-2 request of a quorum acquisition: store `token` where `nonce`'s key still is.
 pub(crate) fn store(keys: &LockKeys, nonce: &Nonce, token: FencingToken) -> Request {
     let mut call = Request::new(&STORE);
-    call.key(&keys.lock)
-        .key(&keys.counter)
-        .arg(nonce.prefix())
+    lock_keys(&mut call, keys);
+    call.arg(nonce.prefix())
         .arg(token.get())
         .arg(COUNTER_IDLE.as_millis() as u64);
+    call
+}
+
+/// One step of a waiter on one server (see [`WAIT`]): `waiter` is `nonce:grace_ms`.
+pub(crate) fn wait(
+    keys: &LockKeys,
+    nonce: &Nonce,
+    waiter: &str,
+    ttl_ms: u64,
+    alive_ms: u64,
+    ticket: &str,
+    leave: bool,
+) -> Request {
+    let mut call = Request::new(&WAIT);
+    lock_keys(&mut call, keys);
+    call.key(keys.wake(nonce))
+        .arg(waiter)
+        .arg(ttl_ms)
+        .arg(COUNTER_IDLE.as_millis() as u64)
+        .arg(alive_ms)
+        .arg(ticket)
+        .arg(if leave { "1" } else { "0" });
+    call
+}
+
+/// The waiter `waiter` (of `nonce`) leaves the queue of `keys` (see [`LEAVE`]).
+pub(crate) fn leave(keys: &LockKeys, nonce: &Nonce, waiter: &str) -> Request {
+    let mut call = Request::new(&LEAVE);
+    call.key(&keys.queue)
+        .key(&keys.alive)
+        .key(keys.wake(nonce))
+        .arg(waiter);
     call
 }
 
@@ -525,7 +787,7 @@ pub(crate) fn decode_store(reply: &Value) -> Result<bool, Error> {
     }
 }
 
-/// The request that acquires `locks` (all or nothing) with `value_nonce`, for `ttl_ms`.
+/// The request that acquires `locks` (all or nothing) with `nonce`, for `ttl_ms`.
 pub(crate) fn acquire<'a>(
     locks: impl IntoIterator<Item = &'a LockKeys>,
     nonce: &Nonce,
@@ -533,9 +795,9 @@ pub(crate) fn acquire<'a>(
 ) -> Request {
     let mut call = Request::new(&ACQUIRE);
     for keys in locks {
-        call.key(&keys.lock).key(&keys.counter);
+        lock_keys(&mut call, keys);
     }
-    if call.keys.len() == 2 {
+    if call.keys.len() == 4 {
         call.lua = LazyLock::force(&ACQUIRE_ONE);
     }
     call.arg(nonce.prefix())
@@ -551,10 +813,20 @@ pub(crate) fn renew(keys: &LockKeys, nonce: &Nonce, ttl_ms: u64) -> Request {
     call
 }
 
-/// The request that releases the lease of the acquisition `nonce` on `keys`.
-pub(crate) fn release(keys: &LockKeys, nonce: &Nonce) -> Request {
+/// The request that releases the lease of the acquisition `nonce` on `keys`, on one server of
+/// `servers`: on a single server the release hands the lock to the first live waiter; on a quorum
+/// it wakes that waiter.
+pub(crate) fn release(keys: &LockKeys, nonce: &Nonce, servers: usize) -> Request {
+    if servers > 1 {
+        let mut call = Request::new(&RELEASE_ON_QUORUM);
+        lock_keys(&mut call, keys);
+        call.arg(nonce.prefix());
+        return call;
+    }
     let mut call = Request::new(&RELEASE);
-    call.key(&keys.lock).arg(nonce.prefix());
+    lock_keys(&mut call, keys);
+    call.arg(nonce.prefix())
+        .arg(COUNTER_IDLE.as_millis() as u64);
     call
 }
 
@@ -753,6 +1025,11 @@ impl Nonce {
     /// The nonce and a colon: how every value of this acquisition's lock keys begins.
     pub(crate) fn prefix(&self) -> &str {
         &self.0
+    }
+
+    /// The 32 hex digits alone.
+    pub(crate) fn hex(&self) -> &str {
+        &self.0[..32]
     }
 }
 

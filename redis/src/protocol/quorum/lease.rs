@@ -204,9 +204,9 @@ impl LeaseState {
         self.held = false;
     }
 
-    /// The request that releases it on a server of `keys`.
-    pub(crate) fn release_request(&self, keys: &LockKeys) -> Request {
-        protocol::release(keys, &self.nonce)
+    /// The request that releases it on a server of `keys`, one of `servers`.
+    pub(crate) fn release_request(&self, keys: &LockKeys, servers: usize) -> Request {
+        protocol::release(keys, &self.nonce, servers)
     }
 }
 
@@ -218,6 +218,9 @@ pub(crate) struct Acquisition<'k> {
     ttl: Duration,
     ttl_ms: u64,
     valid_until: Instant,
+    /// A quorum's waiter: its ticket and liveness ms, so that its claims queue it (see
+    /// [`queue`](crate::protocol::queue)).
+    waiter: Option<(String, u64)>,
 }
 
 impl<'k> Acquisition<'k> {
@@ -241,6 +244,33 @@ impl<'k> Acquisition<'k> {
             ttl,
             ttl_ms,
             valid_until: protocol::valid_until(now(), ttl),
+            waiter: None,
+        })
+    }
+
+    /// An attempt of a quorum's waiter `nonce` (the same nonce for all its attempts: a claim
+    /// left from an earlier one counts again, with its TTL renewed), queued with `waiter`'s
+    /// ticket and liveness ms where it does not win; its first request sent right after `now`.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub(crate) fn waiting(
+        servers: usize,
+        keys: &'k LockKeys,
+        ttl: Duration,
+        nonce: Nonce,
+        waiter: (String, u64),
+        now: Instant,
+    ) -> Result<Self, Error> {
+        let ttl_ms = protocol::ttl_millis(ttl)?;
+        Ok(Self {
+            servers,
+            keys,
+            nonce,
+            ttl,
+            ttl_ms,
+            valid_until: protocol::valid_until(now, ttl),
+            waiter: Some(waiter),
         })
     }
 
@@ -255,7 +285,7 @@ impl<'k> Acquisition<'k> {
 
     /// No lease: release whatever was claimed, everywhere.
     fn refused(self, refusal: Refusal) -> Step<Self> {
-        let release = protocol::release(self.keys, &self.nonce);
+        let release = protocol::release(self.keys, &self.nonce, self.servers);
         Step::Done(refusal.into_attempt(), Some(release))
     }
 }
@@ -307,7 +337,14 @@ impl Operation for Acquisition<'_> {
         }
         let round = Round {
             servers: Servers::All(self.servers),
-            request: protocol::claim(self.keys, &self.nonce, self.ttl_ms),
+            request: protocol::claim(
+                self.keys,
+                &self.nonce,
+                self.ttl_ms,
+                self.waiter
+                    .as_ref()
+                    .map(|(ticket, alive)| (ticket.as_str(), *alive)),
+            ),
             valid_until: self.valid_until,
             tally: AcquisitionTally::Claim(ClaimTally::new(self.servers)),
         };
@@ -357,7 +394,7 @@ fn release_round(
 ) -> Round<HolderTally> {
     Round {
         servers: Servers::All(servers),
-        request: lease.release_request(keys),
+        request: lease.release_request(keys, servers),
         // No validity to respect: only the I/O timeout bounds it.
         valid_until: now() + protocol::MAX_TTL,
         tally: HolderTally::new(servers, lease.token),
@@ -504,7 +541,7 @@ impl Operation for Release<'_> {
 
     fn start(self, now: impl FnOnce() -> Instant) -> Step<Self> {
         if self.servers == 1 {
-            let request = self.lease.release_request(self.keys);
+            let request = self.lease.release_request(self.keys, 1);
             return Step::Ask(self, request);
         }
         let round = release_round(self.servers, self.keys, self.lease, now);
@@ -557,7 +594,8 @@ impl Retries {
             return None;
         }
         let sleep = jittered(self.delay).min(left);
-        self.delay = (self.delay * 2).min(self.max);
+        // Saturating: the builder accepts delays up to Duration::MAX.
+        self.delay = self.delay.saturating_mul(2).min(self.max);
         Some(sleep)
     }
 }
@@ -723,7 +761,10 @@ mod tests {
         let reply = Ok((Value::Array(vec![bulk("42")]), false));
         let (decision, release) = done(acquisition.answered(reply, || t0 + TTL));
         assert!(matches!(decision, Ok(Attempt::TooSlow)));
-        assert!(same(&release.unwrap(), &protocol::release(&keys, &nonce)));
+        assert!(same(
+            &release.unwrap(),
+            &protocol::release(&keys, &nonce, 1)
+        ));
     }
 
     #[test]
@@ -746,7 +787,7 @@ mod tests {
         assert_eq!(claim.servers, Servers::All(3));
         assert!(same(
             &claim.request,
-            &protocol::claim(&keys, &nonce, 10_000)
+            &protocol::claim(&keys, &nonce, 10_000, None)
         ));
         assert_eq!(claim.valid_until, valid_until);
         let claimed = run(claim, vec![(2, claimed(100)), (0, claimed(250))]);
@@ -786,7 +827,7 @@ mod tests {
             step => done(step),
         };
         if let Some(release) = &release {
-            assert!(same(release, &protocol::release(&keys, &nonce)));
+            assert!(same(release, &protocol::release(&keys, &nonce, 3)));
         }
         (decision, release, nonce)
     }
@@ -946,7 +987,7 @@ mod tests {
         assert!(!renewal.lease.is_held(), "lost before the round is sent");
         assert!(same(
             &release.request,
-            &protocol::release(&keys, &renewal.lease.nonce)
+            &protocol::release(&keys, &renewal.lease.nonce, 3)
         ));
         assert_eq!(release.servers, Servers::All(3));
         assert_eq!(release.valid_until, late + protocol::MAX_TTL);
@@ -980,7 +1021,7 @@ mod tests {
         let (release, request) = ask(release.start(no_clock));
         assert!(same(
             &request,
-            &protocol::release(&keys, &release.lease.nonce)
+            &protocol::release(&keys, &release.lease.nonce, 1)
         ));
         let (released, cleanup) = done(release.answered(us().map(|v| (v, false)), no_clock));
         assert!(released.is_ok() && cleanup.is_none());
