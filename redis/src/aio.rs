@@ -222,6 +222,54 @@ impl LockServer {
         }
     }
 
+    /// `BLPOP key timeout` on every server at once, until the first returns: `Ok` if any
+    /// returned, else the first error. Once one returns, the others are ended early (see
+    /// `protocol::unblock`) and awaited, so their connections go back to the pool.
+    async fn block_pop_any(&self, key: &str, timeout: Duration) -> Result<(), Error> {
+        if self.servers() == 1 {
+            return self.block_pop(0, key, timeout).await;
+        }
+        let mut pops: FuturesUnordered<_> = (0..self.servers())
+            .map(|i| async move { (i, self.block_pop(i, key, timeout).await) })
+            .collect();
+        let mut popped: Result<(), Option<Error>> = Err(None);
+        while let Some((i, result)) = pops.next().await {
+            match result {
+                Ok(()) if popped.is_err() => {
+                    popped = Ok(());
+                    let unblock =
+                        (0..self.servers())
+                            .filter(|&other| other != i)
+                            .map(|other| async move {
+                                let Ok(mut con) = self.connection(other).await else {
+                                    return;
+                                };
+                                let bound = self.inner.settings.io_timeout;
+                                let push = protocol::unblock(key);
+                                let _ =
+                                    tokio::time::timeout(bound, push.query_async::<()>(&mut con))
+                                        .await;
+                            });
+                    futures_util::future::join_all(unblock).await;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if let Err(None) = popped {
+                        popped = Err(Some(e));
+                    }
+                }
+            }
+        }
+        popped.map_err(|e| {
+            e.unwrap_or_else(|| {
+                Error::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "fencelock-redis: no blocking pop returned",
+                )))
+            })
+        })
+    }
+
     /// Runs `request` on `server`, within the I/O timeout; `EVAL` after `NOSCRIPT`. A connection
     /// error drops the connection, so the next call opens a new one.
     async fn invoke(&self, server: usize, request: &Request) -> Result<Value, Error> {
@@ -429,12 +477,8 @@ impl RedisLock {
                     let decision = self.server.perform(acquisition).await;
                     waiting.attempted(decision, Instant::now())
                 }
-                WaitStep::Block {
-                    server,
-                    key,
-                    timeout,
-                } => {
-                    let popped = self.server.block_pop(server, &key, timeout).await;
+                WaitStep::Block { key, timeout } => {
+                    let popped = self.server.block_pop_any(&key, timeout).await;
                     waiting.woken(popped, Instant::now())
                 }
                 WaitStep::Sleep(delay) => {

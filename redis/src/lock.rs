@@ -1,6 +1,7 @@
 //! [`RedisLock`], its [`RedisLease`], and [`try_acquire_all`].
 
 use std::fmt;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -155,12 +156,8 @@ impl RedisLock {
                     let decision = self.server.perform(acquisition);
                     waiting.attempted(decision, Instant::now())
                 }
-                WaitStep::Block {
-                    server,
-                    key,
-                    timeout,
-                } => {
-                    let popped = self.server.node(server).block_pop(&key, timeout);
+                WaitStep::Block { key, timeout } => {
+                    let popped = self.server.block_pop(&key, timeout);
                     waiting.woken(popped, Instant::now())
                 }
                 WaitStep::Sleep(delay) => {
@@ -219,6 +216,58 @@ impl LockServer {
                 }
             };
         }
+    }
+
+    /// `BLPOP key timeout` on every server at once, until the first returns: `Ok` if any
+    /// returned, else the first error. On a quorum, one thread per server blocks; once one
+    /// returns, the others are ended early ([`Node::unblock`](crate::node::Node::unblock)), so
+    /// this takes no longer than `timeout` + the I/O timeout.
+    fn block_pop(&self, key: &str, timeout: Duration) -> Result<(), Error> {
+        let servers = self.servers();
+        if servers == 1 {
+            return self.node(0).block_pop(key, timeout);
+        }
+        let (returned, first) = mpsc::channel();
+        thread::scope(|scope| {
+            for i in 0..servers {
+                let returned = returned.clone();
+                scope.spawn(move || {
+                    let _ = returned.send((i, self.node(i).block_pop(key, timeout)));
+                });
+            }
+            drop(returned);
+            let mut popped = Err(None);
+            let mut open = servers;
+            while let Ok((i, result)) = first.recv() {
+                open -= 1;
+                match result {
+                    Ok(()) if popped.is_err() => {
+                        popped = Ok(());
+                        for other in (0..servers).filter(|&other| other != i) {
+                            // A server that fails here ends its pop by its own timeout.
+                            let _ = self.node(other).unblock(key);
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        if let Err(None) = popped {
+                            popped = Err(Some(e));
+                        }
+                    }
+                }
+                if open == 0 {
+                    break;
+                }
+            }
+            popped.map_err(|e| {
+                e.unwrap_or_else(|| {
+                    Error::Redis(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "fencelock-redis: no blocking pop returned",
+                    )))
+                })
+            })
+        })
     }
 
     /// Sends `release` to every server, errors ignored: in the background on a quorum; on a

@@ -126,6 +126,13 @@ impl Node {
         })
     }
 
+    /// Ends a blocking pop of `key` on this server early (see [`protocol::unblock`]).
+    pub(crate) fn unblock(&self, key: &str) -> Result<(), Error> {
+        self.with_connection(Resend::IfStale, |con| {
+            protocol::unblock(key).query::<()>(con)
+        })
+    }
+
     fn give_back(&self, con: Connection) {
         let mut idle = lock(&self.idle[shard()]);
         if idle.len() < MAX_IDLE_CONNECTIONS / POOL_SHARDS {

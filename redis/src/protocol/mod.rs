@@ -558,10 +558,11 @@ return {0}
 });
 
 /// Releases a lease (or a claim) on one server of a quorum. KEYS: lock, counter, queue, alive.
-/// ARGV: `nonce:`. Returns as [`RELEASE`]. Where the lock is then free, the first live waiter
-/// other than this acquisition is woken (one `free` in its wake-up list, which lives 10 s) to try
-/// at once: a quorum's grant takes two rounds over several servers, so it cannot be handed off
-/// inside one script.
+/// ARGV: `nonce:`, `1` for a lease (it leaves the queue too: it no longer waits) or `0` for the
+/// claims of a waiter's attempt that failed (it keeps its place). Returns as [`RELEASE`]. Where
+/// the lock is then free, the first live waiter other than this acquisition is woken (one `free`
+/// in its wake-up list, which lives 10 s) to try at once: a quorum's grant takes two rounds over
+/// several servers, so it cannot be handed off inside one script.
 static RELEASE_ON_QUORUM: LazyLock<Lua> = LazyLock::new(|| {
     with_queue(
         r"
@@ -574,8 +575,11 @@ if current and string.sub(current, 1, #mine) == mine then
 elseif current then
   return {2, current}
 end
+if ARGV[2] == '1' then
+  drop(1, mine)
+end
 local first = live_head(1)
-if first and string.sub(first, 1, 33) ~= mine then
+if first and first ~= mine then
   local wake = wake_key(1, first)
   if redis.call('EXISTS', wake) == 0 then
     redis.call('RPUSH', wake, 'free')
@@ -623,22 +627,24 @@ return {1}
 });
 
 /// Round 1 of a quorum acquisition, on each server. KEYS: lock, counter, queue, alive. ARGV:
-/// `nonce:`, TTL ms, the waiter's ticket (empty for a single try), liveness ms. Sets the lock key
-/// to `nonce:` (no token yet) if it is absent and no other live waiter queues first — or, where
-/// it already holds this nonce (a resend, or an earlier try of the same waiter), gives it the TTL
-/// again — and returns {1, floor}, where floor = the counter, or the server's time in µs where
-/// there is none, as digits: the token must exceed it. Otherwise returns {0, value} (`value`
-/// empty when the lock is free but a waiter is first), nothing changed but a waiter's place in
-/// the queue and its liveness.
+/// `nonce:`, TTL ms, the waiter's ticket (empty for a single try), liveness ms. A waiter first
+/// joins the queue at its ticket (or keeps its place) and moves its liveness deadline, whatever
+/// comes next, so that every server orders the same waiters the same way. Then: sets the lock
+/// key to `nonce:` (no token yet) if it is absent and no other live waiter queues first — or,
+/// where it already holds this nonce (a resend, or an earlier try of the same waiter), gives it
+/// the TTL again — and returns {1, floor}, where floor = the counter, or the server's time in µs
+/// where there is none, as digits: the token must exceed it. Otherwise returns {0, value}
+/// (`value` empty when the lock is free but a waiter is first), the lock key unchanged. Round 2
+/// takes the waiter out of the queue where it stores the token; the lease's release, everywhere.
 static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
     with_queue(
         r"
 local mine = ARGV[1]
+if ARGV[3] ~= '' then
+  join(1, mine, ARGV[3], ARGV[4])
+end
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #mine) ~= mine then
-  if ARGV[3] ~= '' then
-    join(1, mine, ARGV[3], ARGV[4])
-  end
   return {0, current}
 end
 if current then
@@ -646,9 +652,6 @@ if current then
 else
   local first = live_head(1)
   if first and first ~= mine then
-    if ARGV[3] ~= '' then
-      join(1, mine, ARGV[3], ARGV[4])
-    end
     return {0, ''}
   end
   redis.call('SET', KEYS[1], mine, 'PX', ARGV[2])
@@ -747,6 +750,24 @@ pub(crate) fn wait(
     call
 }
 
+/// How long the element that ends a waiter's other pops early lives if no pop takes it.
+const UNBLOCK_MS: u64 = 50;
+
+/// Ends a waiter's blocking pop of `wake` on a server early (the pop takes the element at once),
+/// after a pop on another server returned. The element expires soon if no pop was blocked.
+pub(crate) fn unblock(wake: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("RPUSH")
+        .arg(wake)
+        .arg("unblock")
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(wake)
+        .arg(UNBLOCK_MS)
+        .ignore();
+    pipe
+}
+
 /// The waiter `waiter` (of `nonce`) leaves the queue of `keys` (see [`LEAVE`]).
 pub(crate) fn leave(keys: &LockKeys, nonce: &Nonce, waiter: &str) -> Request {
     let mut call = Request::new(&LEAVE);
@@ -764,6 +785,8 @@ pub(crate) enum Claim {
     Granted(u64),
     /// Another acquisition holds the key there.
     Held,
+    /// The key is free there, but another waiter queues first.
+    Behind,
 }
 
 /// Decodes [`CLAIM`]'s reply.
@@ -771,6 +794,7 @@ pub(crate) fn decode_claim(reply: &Value) -> Result<Claim, Error> {
     match reply {
         Value::Array(parts) => match parts.as_slice() {
             [Value::Int(1), floor] => Ok(Claim::Granted(decode_token(floor)?.get())),
+            [Value::Int(0), Value::BulkString(value)] if value.is_empty() => Ok(Claim::Behind),
             [Value::Int(0), _] => Ok(Claim::Held),
             _ => Err(unexpected(format!("unexpected claim reply {reply:?}"))),
         },
@@ -818,15 +842,28 @@ pub(crate) fn renew(keys: &LockKeys, nonce: &Nonce, ttl_ms: u64) -> Request {
 /// it wakes that waiter.
 pub(crate) fn release(keys: &LockKeys, nonce: &Nonce, servers: usize) -> Request {
     if servers > 1 {
-        let mut call = Request::new(&RELEASE_ON_QUORUM);
-        lock_keys(&mut call, keys);
-        call.arg(nonce.prefix());
-        return call;
+        return release_on_quorum(keys, nonce, true);
     }
     let mut call = Request::new(&RELEASE);
     lock_keys(&mut call, keys);
     call.arg(nonce.prefix())
         .arg(COUNTER_IDLE.as_millis() as u64);
+    call
+}
+
+/// The request that releases what a failed attempt of `nonce` claimed on `keys`, on one server
+/// of `servers`. On a quorum the acquisition keeps its place in the queue (a waiter tries again).
+pub(crate) fn release_claims(keys: &LockKeys, nonce: &Nonce, servers: usize) -> Request {
+    if servers > 1 {
+        return release_on_quorum(keys, nonce, false);
+    }
+    release(keys, nonce, servers)
+}
+
+fn release_on_quorum(keys: &LockKeys, nonce: &Nonce, lease: bool) -> Request {
+    let mut call = Request::new(&RELEASE_ON_QUORUM);
+    lock_keys(&mut call, keys);
+    call.arg(nonce.prefix()).arg(if lease { "1" } else { "0" });
     call
 }
 

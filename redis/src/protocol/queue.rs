@@ -148,13 +148,11 @@ pub(crate) enum WaitStep<'k> {
     /// A quorum: run this acquisition attempt (its claims queue the waiter), then call
     /// [`Waiting::attempted`].
     Attempt(Acquisition<'k>),
-    /// `BLPOP key timeout` on `server`, then call [`Waiting::woken`] (whether or not anything was
-    /// popped: the next step finds out).
-    Block {
-        server: usize,
-        key: String,
-        timeout: Duration,
-    },
+    /// `BLPOP key timeout` on every server at once (one server, or each of a quorum's), then
+    /// call [`Waiting::woken`] once the first returns (whether or not it popped anything: the
+    /// next step finds out). The front end then ends the other pops early by pushing a short-lived
+    /// element to the same key on their servers ([`protocol::unblock`]).
+    Block { key: String, timeout: Duration },
     /// Sleep (a connection error is retried), then call [`Waiting::slept`].
     Sleep(Duration),
     /// One server: release this grant that came back too late to be valid (errors ignored: it
@@ -192,8 +190,6 @@ pub(crate) struct Waiting<'k> {
     ticket: String,
     give_up: Option<Instant>,
     errors: Retries,
-    /// The server a quorum's waiter listens on.
-    listen: usize,
     /// When the step in flight was sent (a grant's validity counts from it).
     sent: Instant,
 }
@@ -235,7 +231,6 @@ impl<'k> Waiting<'k> {
             ticket,
             give_up: now.checked_add(wait),
             errors: Retries::new(wait, retry.0, retry.1, now),
-            listen: 0,
             sent: now,
         })
     }
@@ -290,7 +285,6 @@ impl<'k> Waiting<'k> {
             timeout = timeout.min(ttl + Duration::from_millis(1));
         }
         WaitStep::Block {
-            server: self.listen,
             key: self.keys.wake(&self.nonce),
             timeout,
         }
@@ -370,20 +364,18 @@ impl<'k> Waiting<'k> {
             Ok(Attempt::Granted(lease)) => WaitStep::Done(Ok(Some(lease)), None),
             Ok(_) if self.left(now).is_zero() => self.over(Ok(None)),
             Ok(Attempt::TooSlow) => self.step(now),
-            Ok(Attempt::Held) => self.block(None, now),
+            Ok(Attempt::Held(_)) => self.block(None, now),
             Err(error) => self.failed(error, now),
         }
     }
 
-    /// The `BLPOP` of [`WaitStep::Block`] returned, or failed. On a quorum a failed listen moves
-    /// to the next server and tries at once; on one server it is retried as any step.
+    /// The `BLPOP`s of [`WaitStep::Block`] returned (`Ok` if any did), or all failed. On a
+    /// quorum, failed pops are not waited out: the attempt that follows tells what is up; on one
+    /// server the failure is retried as any step's.
     pub(crate) fn woken(&mut self, popped: Result<(), Error>, now: Instant) -> WaitStep<'k> {
         match popped {
             Ok(()) => self.step(now),
-            Err(_) if self.servers > 1 => {
-                self.listen = (self.listen + 1) % self.servers;
-                self.step(now)
-            }
+            Err(_) if self.servers > 1 => self.step(now),
             Err(error) => self.failed(error, now),
         }
     }
@@ -509,9 +501,10 @@ mod tests {
 
         // Held for 5 s by another, this waiter second: a heartbeat's block.
         match w.answered(queued("77", 5000, 1), t0 + ms(1)) {
-            WaitStep::Block {
-                server, timeout, ..
-            } => assert_eq!((server, timeout), (0, liveness().heartbeat())),
+            WaitStep::Block { key, timeout } => {
+                assert_eq!(key, keys.wake(&w.nonce));
+                assert_eq!(timeout, liveness().heartbeat());
+            }
             _ => panic!("expected to block"),
         }
         // The ticket the server gave is sent with every later step.
@@ -608,22 +601,20 @@ mod tests {
             !w.ticket.is_empty(),
             "its own clock's µs, the same on every server"
         );
-        match w.attempted(Ok(Attempt::Held), t0 + ms(1)) {
-            WaitStep::Block {
-                server, timeout, ..
-            } => assert_eq!((server, timeout), (0, ms(99))),
+        match w.attempted(Ok(Attempt::Held(None)), t0 + ms(1)) {
+            WaitStep::Block { timeout, .. } => assert_eq!(timeout, ms(99)),
             _ => panic!("expected to block"),
         }
-        // A listen that failed moves to the next server and tries at once.
+        // Pops that failed are not slept on: the next attempt tells.
         assert!(matches!(
             w.woken(Err(down()), t0 + ms(2)),
             WaitStep::Attempt(_)
         ));
-        match w.attempted(Ok(Attempt::Held), t0 + ms(3)) {
-            WaitStep::Block { server, .. } => assert_eq!(server, 1),
-            _ => panic!("expected to block"),
-        }
-        match w.attempted(Ok(Attempt::Held), t0 + ms(100)) {
+        assert!(matches!(
+            w.attempted(Ok(Attempt::Held(Some(1))), t0 + ms(3)),
+            WaitStep::Block { .. }
+        ));
+        match w.attempted(Ok(Attempt::Held(Some(2))), t0 + ms(100)) {
             WaitStep::Done(Ok(None), Some(leave)) => assert!(!leave.is_release()),
             _ => panic!("expected to give up and leave"),
         }

@@ -85,8 +85,8 @@ pub(crate) enum ClaimOutcome {
         token: FencingToken,
         granted: Vec<usize>,
     },
-    /// Others hold the lock on too many servers for a majority.
-    Held,
+    /// Others hold the lock on too many servers for a majority (among others on this server).
+    Held(Option<usize>),
     /// A majority did not answer, or answered with errors.
     Unavailable(Error),
 }
@@ -98,6 +98,8 @@ pub(crate) struct ClaimTally {
     granted: Vec<usize>,
     floor: u64,
     held: usize,
+    /// The last server where another acquisition holds the key: a waiter listens there.
+    held_on: Option<usize>,
     failures: Failures,
 }
 
@@ -108,6 +110,7 @@ impl ClaimTally {
             granted: Vec::with_capacity(servers),
             floor: 0,
             held: 0,
+            held_on: None,
             failures: Failures::default(),
         }
     }
@@ -122,7 +125,11 @@ impl Tally for ClaimTally {
                 self.granted.push(server);
                 self.floor = self.floor.max(floor);
             }
-            Ok(Claim::Held) => self.held += 1,
+            Ok(Claim::Held) => {
+                self.held += 1;
+                self.held_on = Some(server);
+            }
+            Ok(Claim::Behind) => self.held += 1,
             Err(error) => self.failures.record(error),
         }
         self.decided()
@@ -160,7 +167,7 @@ impl ClaimTally {
         if self.failures.count >= majority(self.servers) {
             ClaimOutcome::Unavailable(std::mem::take(&mut self.failures).into_error())
         } else {
-            ClaimOutcome::Held
+            ClaimOutcome::Held(self.held_on)
         }
     }
 }
@@ -170,7 +177,7 @@ impl ClaimOutcome {
     pub(crate) fn into_store(self) -> Result<(FencingToken, Vec<usize>), Refusal> {
         match self {
             Self::Majority { token, granted } => Ok((token, granted)),
-            Self::Held => Err(Refusal::Held),
+            Self::Held(on) => Err(Refusal::Held(on)),
             Self::Unavailable(error) => Err(Refusal::Failed(error)),
         }
     }
@@ -180,8 +187,8 @@ impl ClaimOutcome {
 /// on every server.
 #[derive(Debug)]
 pub(crate) enum Refusal {
-    /// Others hold the lock.
-    Held,
+    /// Others hold the lock (or waiters queue first), on this server among others.
+    Held(Option<usize>),
     /// Granted, but not in time to be valid.
     TooSlow,
     /// A majority did not answer.
@@ -192,7 +199,8 @@ pub(crate) enum Refusal {
 #[derive(Debug)]
 pub(crate) enum Attempt<L> {
     Granted(L),
-    Held,
+    /// Held by others (on a quorum: among others, on this server, where a waiter listens).
+    Held(Option<usize>),
     TooSlow,
 }
 
@@ -201,7 +209,7 @@ impl<L> Attempt<L> {
     pub(crate) fn map<M>(self, lease: impl FnOnce(L) -> M) -> Attempt<M> {
         match self {
             Self::Granted(granted) => Attempt::Granted(lease(granted)),
-            Self::Held => Attempt::Held,
+            Self::Held(on) => Attempt::Held(on),
             Self::TooSlow => Attempt::TooSlow,
         }
     }
@@ -211,7 +219,7 @@ impl<L> Attempt<L> {
     pub(crate) fn into_lease(self) -> Result<Option<L>, Error> {
         match self {
             Self::Granted(lease) => Ok(Some(lease)),
-            Self::Held => Ok(None),
+            Self::Held(_) => Ok(None),
             Self::TooSlow => Err(Error::Lost(LeaseLost::Expired)),
         }
     }
@@ -220,7 +228,7 @@ impl<L> Attempt<L> {
 impl Refusal {
     pub(crate) fn into_attempt<L>(self) -> Result<Attempt<L>, Error> {
         match self {
-            Self::Held => Ok(Attempt::Held),
+            Self::Held(on) => Ok(Attempt::Held(on)),
             Self::TooSlow => Ok(Attempt::TooSlow),
             Self::Failed(error) => Err(error),
         }
@@ -439,8 +447,8 @@ mod tests {
     #[test]
     fn outcomes_say_what_the_front_ends_do() {
         assert!(matches!(
-            ClaimOutcome::Held.into_store(),
-            Err(Refusal::Held)
+            ClaimOutcome::Held(None).into_store(),
+            Err(Refusal::Held(None))
         ));
         assert!(matches!(
             MajorityOutcome::Lost(LeaseLost::Expired).into_grant(),
@@ -461,7 +469,7 @@ mod tests {
             Attempt::Granted(8)
         ));
         assert!(matches!(Attempt::Granted(7).into_lease(), Ok(Some(7))));
-        assert!(matches!(Attempt::<u8>::Held.into_lease(), Ok(None)));
+        assert!(matches!(Attempt::<u8>::Held(None).into_lease(), Ok(None)));
         assert!(matches!(
             Attempt::<u8>::TooSlow.into_lease(),
             Err(Error::Lost(LeaseLost::Expired))
@@ -490,12 +498,18 @@ mod tests {
     fn claim_is_refused_as_soon_as_a_majority_is_out_of_reach() {
         let mut tally = ClaimTally::new(3);
         assert!(tally.record(0, held()).is_none());
-        assert!(matches!(tally.record(1, held()), Some(ClaimOutcome::Held)));
+        assert!(matches!(
+            tally.record(1, held()),
+            Some(ClaimOutcome::Held(_))
+        ));
 
         let mut tally = ClaimTally::new(3);
         assert!(tally.record(0, granted(1)).is_none());
         assert!(tally.record(1, failed()).is_none());
-        assert!(matches!(tally.record(2, held()), Some(ClaimOutcome::Held)));
+        assert!(matches!(
+            tally.record(2, held()),
+            Some(ClaimOutcome::Held(_))
+        ));
 
         let mut tally = ClaimTally::new(3);
         assert!(tally.record(0, failed()).is_none());
@@ -513,7 +527,10 @@ mod tests {
         assert!(matches!(tally.settle(), ClaimOutcome::Unavailable(_)));
 
         let mut tally = ClaimTally::new(1);
-        assert!(matches!(tally.record(0, held()), Some(ClaimOutcome::Held)));
+        assert!(matches!(
+            tally.record(0, held()),
+            Some(ClaimOutcome::Held(_))
+        ));
         assert!(matches!(
             ClaimTally::new(3).settle(),
             ClaimOutcome::Unavailable(_)

@@ -285,7 +285,7 @@ impl<'k> Acquisition<'k> {
 
     /// No lease: release whatever was claimed, everywhere.
     fn refused(self, refusal: Refusal) -> Step<Self> {
-        let release = protocol::release(self.keys, &self.nonce, self.servers);
+        let release = protocol::release_claims(self.keys, &self.nonce, self.servers);
         Step::Done(refusal.into_attempt(), Some(release))
     }
 }
@@ -355,7 +355,7 @@ impl Operation for Acquisition<'_> {
         match reply.and_then(|(reply, _)| protocol::decode_acquire(&reply, 1)) {
             Ok(Some(tokens)) => self.granted(tokens[0], now),
             // The script took nothing: nothing to release.
-            Ok(None) => Step::Done(Ok(Attempt::Held), None),
+            Ok(None) => Step::Done(Ok(Attempt::Held(None)), None),
             Err(error) => Step::Done(Err(error), None),
         }
     }
@@ -740,7 +740,7 @@ mod tests {
             .unwrap()
             .start(no_clock));
         let (decision, release) = done(acquisition.answered(Ok((Value::Nil, false)), no_clock));
-        assert!(matches!(decision, Ok(Attempt::Held)));
+        assert!(matches!(decision, Ok(Attempt::Held(_))));
         assert!(release.is_none());
 
         let (acquisition, _) = ask(Acquisition::new(1, &keys, TTL, || t0)
@@ -827,7 +827,7 @@ mod tests {
             step => done(step),
         };
         if let Some(release) = &release {
-            assert!(same(release, &protocol::release(&keys, &nonce, 3)));
+            assert!(same(release, &protocol::release_claims(&keys, &nonce, 3)));
         }
         (decision, release, nonce)
     }
@@ -839,7 +839,7 @@ mod tests {
             vec![],
             ms(1),
         );
-        assert!(matches!(decision, Ok(Attempt::Held)));
+        assert!(matches!(decision, Ok(Attempt::Held(_))));
         assert!(release.is_some());
     }
 
