@@ -105,6 +105,96 @@ fn run(urls: &[String], clients: usize, hold: Duration, seconds: Duration) -> Ru
     result
 }
 
+/// The floor of any queue with a woken waiter that confirms its hand-off, on raw round trips:
+/// K threads pass a baton round a ring — each blocks on `BLPOP` of its own list, confirms with one
+/// `EVAL "return 1"`, holds, and pushes to the next thread's list (its release) — against one
+/// thread doing `EVAL "return 1"` (its acquire), holding, and `EVAL "return 1"` (its release).
+/// Throughput of the ring over the single thread's, same server, same hold.
+fn raw_hand_off_floor(url: &str, clients: usize, hold: Duration, seconds: Duration) -> f64 {
+    let client = redis::Client::open(url).expect("a client");
+    let one = || -> f64 {
+        let mut con = client.get_connection().expect("a connection");
+        let end = Instant::now() + seconds;
+        let began = Instant::now();
+        let mut n = 0_u64;
+        while Instant::now() < end {
+            let () = redis::cmd("EVAL")
+                .arg("return 1")
+                .arg(0)
+                .query::<i64>(&mut con)
+                .map(drop)
+                .unwrap();
+            if !hold.is_zero() {
+                thread::sleep(hold);
+            }
+            let () = redis::cmd("EVAL")
+                .arg("return 1")
+                .arg(0)
+                .query::<i64>(&mut con)
+                .map(drop)
+                .unwrap();
+            n += 1;
+        }
+        n as f64 / began.elapsed().as_secs_f64()
+    };
+    let single = one();
+    let key = move |i: usize| format!("floor:{{ring}}:{}", i % clients);
+    let mut con = client.get_connection().expect("a connection");
+    let () = redis::cmd("DEL")
+        .arg((0..clients).map(key).collect::<Vec<_>>())
+        .query(&mut con)
+        .unwrap();
+    let passes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let end = Instant::now() + seconds;
+    let began = Instant::now();
+    let ring: Vec<_> = (0..clients)
+        .map(|i| {
+            let (client, passes) = (client.clone(), Arc::clone(&passes));
+            thread::spawn(move || {
+                let mut con = client.get_connection().expect("a connection");
+                while Instant::now() < end {
+                    let got: Option<(String, String)> = redis::cmd("BLPOP")
+                        .arg(key(i))
+                        .arg(0.2)
+                        .query(&mut con)
+                        .unwrap();
+                    if got.is_none() {
+                        continue;
+                    }
+                    let () = redis::cmd("EVAL")
+                        .arg("return 1")
+                        .arg(0)
+                        .query::<i64>(&mut con)
+                        .map(drop)
+                        .unwrap();
+                    if !hold.is_zero() {
+                        thread::sleep(hold);
+                    }
+                    passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let () = redis::cmd("RPUSH")
+                        .arg(key(i + 1))
+                        .arg(1)
+                        .query::<i64>(&mut con)
+                        .map(drop)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let () = redis::cmd("RPUSH")
+        .arg(key(0))
+        .arg(1)
+        .query::<i64>(&mut con)
+        .map(drop)
+        .unwrap();
+    for t in ring {
+        t.join().expect("a ring thread");
+    }
+    let ring =
+        passes.load(std::sync::atomic::Ordering::Relaxed) as f64 / began.elapsed().as_secs_f64();
+    ring / single
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -185,6 +275,14 @@ fn main() {
                     );
                 }
             }
+        }
+    }
+    if only("one") {
+        println!();
+        println!("the floor of a hand-off to a woken waiter that confirms it, raw round trips (see raw_hand_off_floor):");
+        for k in [8, 32] {
+            let floor = raw_hand_off_floor(&one[0].url(), k, Duration::from_millis(1), seconds);
+            println!("| 1 | {k} | 1 ms | raw ring {floor:.2}x one raw client |");
         }
     }
     eprintln!("targets missed: {misses}");

@@ -39,6 +39,48 @@
 //! handle, pooled and shared by every lock made from it; each call is bounded by the connect and
 //! I/O timeouts.
 //!
+//! # Waiting in line: a hot lock served in order
+//!
+//! [`acquire_timeout`](RedisLock::acquire_timeout) does not poll. A caller that finds the lock
+//! held joins the lock's queue on the server and blocks (`BLPOP`) on a wake-up list of its own;
+//! the release, in the same script, hands the lock with a new token to the first waiter still
+//! alive and pushes the token to that waiter's list. So waiters are served first come, first
+//! served, nobody can take the lock between a release and the waiter it goes to, and no
+//! [`try_acquire`](RedisLock::try_acquire) takes a free lock that live waiters queue for.
+//!
+//! - While it waits, a waiter sends one step (its heartbeat) and one blocking pop every third of
+//!   the [liveness window](LockServerBuilder::liveness) (1 s by default); the first in line blocks
+//!   no longer than the holder's remaining TTL, so a crashed holder's lock goes to it when it
+//!   expires.
+//! - A waiter that dies (`kill -9`) stops its heartbeats and is dropped within the window; a lock
+//!   handed to it is held for half the window until it confirms, then passed on. A waiter whose
+//!   `wait` runs out leaves the queue before `acquire_timeout` returns.
+//! - A server restart that loses the queue strands nobody: each waiter's next step joins again
+//!   with its old ticket, and connection errors are retried until `wait` is over.
+//! - A lease's validity counts from before the step that confirmed the hand-off was sent: the
+//!   hand-off itself is only a reservation.
+//!
+//! On a quorum, a grant takes two rounds over several servers and cannot be handed off in one
+//! script: waiters queue on every server under one ticket (their own clock's µs when they began
+//! to wait), a free lock is claimed only by the first live waiter there, and a release wakes that
+//! waiter, which listens on every server at once and claims at once. FIFO across servers is not
+//! promised (clocks of different clients order them), but the oldest waiter wins on every server
+//! it queues on, so nobody starves.
+//!
+//! ## Every key a lock uses
+//!
+//! For a lock `name` under the key prefix `p` (default `fencelock:`), all on one Redis Cluster
+//! slot thanks to the `{name}` hash tag:
+//!
+//! | key | type | holds | expires |
+//! |---|---|---|---|
+//! | `p{name}:lock` | string | the holder's `nonce:token` | with the lease's TTL (a hand-off: half the liveness window, until confirmed) |
+//! | `p{name}:token` | string | the last token issued | [`COUNTER_IDLE`] after its last use |
+//! | `p{name}:queue` | sorted set | waiters by ticket | twice the longest liveness window after the last waiter's last step |
+//! | `p{name}:alive` | sorted set | waiters by liveness deadline (server ms) | as `queue` |
+//! | `p{name}:wake:<nonce>` | list | one waiter's wake-ups | half its liveness window (10 s on a quorum) |
+//! | `p{name}:fenced` | string | the highest token a [`RedisFenced`] admitted | never (it is the resource's data) |
+//!
 //! # Async
 //!
 //! With the `tokio` feature, [`aio`](crate#async) has the same types with `async fn` where they

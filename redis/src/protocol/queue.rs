@@ -300,6 +300,7 @@ impl<'k> Waiting<'k> {
     /// What a waiter abandoned mid-wait (an async caller's future dropped) sends to every
     /// server, best effort: it leaves the queue, and passes on a hand-off that may have reached
     /// it (a release that finds the lock not this nonce's changes nothing).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn abandon(&self) -> [Request; 2] {
         [
             protocol::leave(self.keys, &self.nonce, &self.waiter),
@@ -620,3 +621,7 @@ mod tests {
         }
     }
 }
+
+/// The queue's scripts on a real server, against a reference model.
+#[cfg(test)]
+mod model;
