@@ -7,6 +7,9 @@
 //! must settle every sold unit exactly once, and refuse the late write of the settler whose
 //! renewals were capped short of its work.
 //!
+//! Every trader process also trades the hot stock `HOT`, queueing for its one lock: each must
+//! hold it at least once, and its units too must be sold exactly once.
+//!
 //! Runs the example binary that `cargo test` builds (into `target/<profile>/examples/`); it needs
 //! `redis-server` on PATH.
 
@@ -167,8 +170,10 @@ fn assert_settled(output: &str) {
     );
 }
 
-/// The trading step's checks: 3 trader processes, and the stalled trader's late write refused.
+/// The trading step's checks: 3 trader processes, the stalled trader's late write refused, and
+/// every process holding the hot stock's queued lock at least once.
 fn assert_traded(output: &str) {
+    assert_every_process_got_the_hot_stock(output, 3);
     assert!(
         late_writes_refused(output) >= 1,
         "no late write was refused:\n{output}"
@@ -176,6 +181,31 @@ fn assert_traded(output: &str) {
     assert!(
         output.contains("processes: 3,"),
         "not 3 processes:\n{output}"
+    );
+}
+
+/// Every process's `HOT: trader N: A acquisitions` line is there, with A at least 1: all of them
+/// queue for the hot stock's lock, and the queue serves each in turn (a count, not a timing).
+fn assert_every_process_got_the_hot_stock(output: &str, processes: usize) {
+    for process in 0..processes {
+        let label = format!("  HOT: trader {process}: ");
+        let line = output
+            .lines()
+            .find(|line| line.starts_with(&label))
+            .unwrap_or_else(|| panic!("no hot-stock line for trader {process}:\n{output}"));
+        let acquisitions: u64 = line[label.len()..]
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count of acquisitions in {line:?}"));
+        assert!(
+            acquisitions >= 1,
+            "trader {process} never held the hot stock's lock:\n{output}"
+        );
+    }
+    assert!(
+        output.contains("  HOT: 600 units, 600 sold, 0 left in the book, 0 sold twice"),
+        "the hot stock was not sold out exactly once:\n{output}"
     );
 }
 

@@ -8,6 +8,11 @@
 //! fails), and then checks *in Redis* that every unit is in exactly one place — still in its book
 //! or sold once — before printing a summary. It exits non-zero if any check fails.
 //!
+//! Besides the listed stocks there is one hot stock, `HOT`, which every thread of every trader
+//! process trades on every round: all of them queue for its one lock in `acquire_timeout`, first
+//! come, first served. The summary gives each process's leases on HOT and its longest wait for
+//! one, and the same exactly-once check covers HOT's units.
+//!
 //! Then it settles the sales (`redis_settlement.rs`): settlement work outlives its lease's short
 //! TTL, so each settler keeps its `settle:<STOCK>` lease alive (`keep_alive`) and stops writing
 //! as soon as `lost()` says the lease is gone; one settler's renewals are capped short of its work,
@@ -32,10 +37,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fencelock_redis::redis::{self, Connection, ConnectionAddr};
 use fencelock_redis::LockServer;
 
-use crate::market::{unit_id, STOCKS};
+use crate::market::unit_id;
 use crate::redis_books::{
-    book_key, connect, sold_key, StallReport, Tally, FIRST_SALE, READY, THREADS, TRADER_FLAG,
-    UNITS_PER_STOCK,
+    book_key, connect, sold_key, symbol, units_of, StallReport, Tally, BOOKS, FIRST_SALE, HOT,
+    READY, THREADS, TRADER_FLAG,
 };
 use crate::redis_process::RedisProcess;
 use crate::redis_settlement;
@@ -146,7 +151,8 @@ pub fn main(args: &[String]) -> ExitCode {
                  none missing, none sold twice"
             );
             println!(
-                "settlement check passed: every sold unit settled exactly once under kept leases \
+                "settlement check passed: every sold unit of the listed stocks (HOT is only traded) \
+                 settled exactly once under kept leases \
                  that outlived their TTL, proceeds matching; the lost lease's late write refused"
             );
             ExitCode::SUCCESS
@@ -357,7 +363,7 @@ fn run(servers: &mut Servers, processes: usize) -> Result<String, Vec<String>> {
         println!(
             "-- kill -9 lock server {KILLED} ({address}): trader {process} reported its first \
              batch sold, {sold} of {} units sold so far; trading goes on with the other {left}",
-            STOCKS.len() * UNITS_PER_STOCK as usize
+            (0..BOOKS).map(units_of).sum::<u32>()
         );
         kill = Some(Kill {
             server: KILLED,
@@ -407,6 +413,7 @@ fn run(servers: &mut Servers, processes: usize) -> Result<String, Vec<String>> {
         summary.push_str(&format!("  trader {process}: {THREADS} threads, {tally}\n"));
         all.add(tally);
     }
+    summary.push_str(&hot_lines(&tallies));
     if all.sold != found.sold {
         problems.push(format!(
             "the traders report {} units sold, Redis holds {} sales",
@@ -490,8 +497,8 @@ fn run_prefix() -> String {
 fn seed(con: &mut Connection, prefix: &str) -> redis::RedisResult<()> {
     let mut seed = redis::pipe();
     seed.atomic();
-    for (stock, symbol) in STOCKS.iter().enumerate() {
-        let units: Vec<u32> = (0..UNITS_PER_STOCK).map(|n| unit_id(stock, n)).collect();
+    for (stock, symbol) in (0..BOOKS).map(|stock| (stock, symbol(stock))) {
+        let units: Vec<u32> = (0..units_of(stock)).map(|n| unit_id(stock, n)).collect();
         let (book, sold) = (book_key(prefix, symbol), sold_key(prefix, symbol));
         seed.del(&book).ignore().del(&sold).ignore();
         seed.rpush(&book, units).ignore();
@@ -542,6 +549,7 @@ fn run_traders(
                 lock_urls,
                 data_url,
                 &process.to_string(),
+                &processes.to_string(),
                 prefix,
                 stall,
             ])
@@ -654,7 +662,7 @@ fn check(con: &mut Connection, prefix: &str) -> redis::RedisResult<(String, Foun
         sold: 0,
         problems: Vec::new(),
     };
-    for (stock, symbol) in STOCKS.iter().enumerate() {
+    for (stock, symbol) in (0..BOOKS).map(|stock| (stock, symbol(stock))) {
         let book: Vec<u32> = redis::cmd("LRANGE")
             .arg(book_key(prefix, symbol))
             .arg(0)
@@ -670,7 +678,8 @@ fn check(con: &mut Connection, prefix: &str) -> redis::RedisResult<(String, Foun
         let places = seen.len();
         seen.dedup();
         let twice = places - seen.len();
-        let expected: Vec<u32> = (0..UNITS_PER_STOCK).map(|n| unit_id(stock, n)).collect();
+        let units = units_of(stock);
+        let expected: Vec<u32> = (0..units).map(|n| unit_id(stock, n)).collect();
         let missing = expected
             .iter()
             .filter(|u| seen.binary_search(u).is_err())
@@ -688,7 +697,7 @@ fn check(con: &mut Connection, prefix: &str) -> redis::RedisResult<(String, Foun
                 .push(format!("{symbol}: {} unit(s) never sold", book.len()));
         }
         summary.push_str(&format!(
-            "  {symbol}: {UNITS_PER_STOCK} units, {:>3} sold, {} left in the book, {twice} sold twice\n",
+            "  {symbol}: {units} units, {:>3} sold, {} left in the book, {twice} sold twice\n",
             sold.len(),
             book.len()
         ));
@@ -701,11 +710,44 @@ fn check(con: &mut Connection, prefix: &str) -> redis::RedisResult<(String, Foun
 /// Units in every stock's sold list, now.
 fn sold_so_far(con: &mut Connection, prefix: &str) -> redis::RedisResult<u64> {
     let mut count = redis::pipe();
-    for symbol in STOCKS {
-        count.llen(sold_key(prefix, symbol));
+    for stock in 0..BOOKS {
+        count.llen(sold_key(prefix, symbol(stock)));
     }
     let counts: Vec<u64> = count.query(con)?;
     Ok(counts.iter().sum())
+}
+
+/// The hot stock's lines: each process's leases on it and its longest wait for one, then the
+/// fewest and most leases against the mean.
+fn hot_lines(tallies: &[Tally]) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut lines = String::new();
+    for (process, tally) in tallies.iter().enumerate() {
+        lines.push_str(&format!(
+            "  {HOT}: trader {process}: {} acquisitions, longest wait {:.1} ms, {} wait(s) ran out\n",
+            tally.hot_acquired,
+            ms(tally.hot_wait_max_us),
+            tally.hot_timeouts
+        ));
+    }
+    let counts = tallies.iter().map(|tally| tally.hot_acquired);
+    let (fewest, most) = (counts.clone().min(), counts.clone().max());
+    let total: u64 = counts.sum();
+    let mean = total as f64 / tallies.len().max(1) as f64;
+    let longest = tallies.iter().map(|t| t.hot_wait_max_us).max();
+    if let (Some(fewest), Some(most), Some(longest)) = (fewest, most, longest) {
+        let share = |n: u64| if mean > 0.0 { n as f64 / mean } else { 0.0 };
+        lines.push_str(&format!(
+            "  {HOT}: {total} acquisitions by {} processes, fewest {fewest} ({:.2}x the mean of \
+             {mean:.1}), most {most} ({:.2}x), longest wait of all {:.1} ms (queued \
+             acquire_timeout, first come first served)\n",
+            tallies.len(),
+            share(fewest),
+            share(most),
+            ms(longest)
+        ));
+    }
+    lines
 }
 
 /// The summary line of the stall, or why it does not show what it should.

@@ -14,8 +14,19 @@ use std::time::Duration;
 use fencelock_redis::redis::{self, Connection};
 use fencelock_redis::LockServer;
 
+use crate::market::STOCKS;
+
 /// Units of each stock on sale; every one must end up sold exactly once.
 pub const UNITS_PER_STOCK: u32 = 300;
+/// The hot stock: one more book, which every trader process trades on every round once the
+/// market opens (see `trader.rs`), so that all of them queue for its one lock — the seed's many
+/// servers selling the same stock. Its index follows the listed stocks'.
+pub const HOT: &str = "HOT";
+pub const HOT_STOCK: usize = STOCKS.len();
+/// Units of the hot stock on sale: enough batches that every trader thread gets some.
+pub const HOT_UNITS: u32 = 600;
+/// The books of a run: the listed stocks, then the hot one.
+pub const BOOKS: usize = STOCKS.len() + 1;
 /// Units a trader takes from a book under one lease.
 pub const BATCH: usize = 10;
 /// Trader threads in each trader process.
@@ -30,6 +41,26 @@ pub const READY: &str = "ready";
 pub const FIRST_SALE: &str = "first-sale";
 /// Bounds every call to the server (connect, send, and wait for the reply).
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The symbol of book `stock` (the listed stocks, then `HOT`).
+pub fn symbol(stock: usize) -> &'static str {
+    STOCKS.get(stock).copied().unwrap_or(HOT)
+}
+
+/// The units book `stock` starts with.
+pub fn units_of(stock: usize) -> u32 {
+    if stock == HOT_STOCK {
+        HOT_UNITS
+    } else {
+        UNITS_PER_STOCK
+    }
+}
+
+/// The counter of trader processes at their desks: the hot stock opens once it reaches the
+/// number of processes.
+pub fn desks_key(prefix: &str) -> String {
+    format!("{prefix}desks")
+}
 
 /// The list of `stock`'s units still for sale.
 pub fn book_key(prefix: &str, stock: &str) -> String {
@@ -92,6 +123,11 @@ pub struct Tally {
     /// The lowest and highest fencing token of the leases taken (`u64::MAX`, 0 when none).
     pub token_min: u64,
     pub token_max: u64,
+    /// Leases taken on the hot stock, waits for it that ran out, and the longest wait (from the
+    /// call to `acquire_timeout` to holding the lease), in microseconds.
+    pub hot_acquired: u64,
+    pub hot_timeouts: u64,
+    pub hot_wait_max_us: u64,
 }
 
 impl Default for Tally {
@@ -104,6 +140,9 @@ impl Default for Tally {
             unavailable: 0,
             token_min: u64::MAX,
             token_max: 0,
+            hot_acquired: 0,
+            hot_timeouts: 0,
+            hot_wait_max_us: 0,
         }
     }
 }
@@ -124,20 +163,34 @@ impl Tally {
         self.unavailable += other.unavailable;
         self.token_min = self.token_min.min(other.token_min);
         self.token_max = self.token_max.max(other.token_max);
+        self.hot_acquired += other.hot_acquired;
+        self.hot_timeouts += other.hot_timeouts;
+        self.hot_wait_max_us = self.hot_wait_max_us.max(other.hot_wait_max_us);
+    }
+
+    /// Records a lease taken on the hot stock after waiting `waited`.
+    pub fn hot_wait(&mut self, waited: Duration) {
+        self.hot_acquired += 1;
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.hot_wait_max_us = self.hot_wait_max_us.max(us);
     }
 
     /// The `report ...` line of process `process`.
     pub fn line(&self, process: usize) -> String {
         format!(
             "report process={process} threads={THREADS} sold={} batches={} refused={} lost={} \
-             unavailable={} token_min={} token_max={}",
+             unavailable={} token_min={} token_max={} hot_acquired={} hot_timeouts={} \
+             hot_wait_max_us={}",
             self.sold,
             self.batches,
             self.refused,
             self.lost,
             self.unavailable,
             self.token_min,
-            self.token_max
+            self.token_max,
+            self.hot_acquired,
+            self.hot_timeouts,
+            self.hot_wait_max_us
         )
     }
 
@@ -152,6 +205,9 @@ impl Tally {
             unavailable: f.get("unavailable")?,
             token_min: f.get("token_min")?,
             token_max: f.get("token_max")?,
+            hot_acquired: f.get("hot_acquired")?,
+            hot_timeouts: f.get("hot_timeouts")?,
+            hot_wait_max_us: f.get("hot_wait_max_us")?,
         };
         Ok((f.get("process")?, tally))
     }

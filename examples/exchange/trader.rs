@@ -22,6 +22,14 @@
 //! holder has written AAPL's ledger — a holder that read the same units, still at the head of the
 //! book, and sold them. Its late write, which would sell them again, must be refused.
 //!
+//! Every process also trades the hot stock `HOT` (see `redis_books.rs`): each thread sells one
+//! batch of it on every round, between its batches of the listed stocks, so that every thread of
+//! every process queues for HOT's one lock. It waits in `acquire_timeout`'s queue (first come,
+//! first served, handed the lock by the release) for up to `HOT_WAIT`, and the process reports
+//! how many leases it took on HOT and its longest wait for one. HOT opens once every trader
+//! process is at its desk — each counts itself in at `<prefix>desks` on the data server — so
+//! that a process started later still finds units on it.
+//!
 //! On a quorum, a lock call can fail while a lock server dies (no majority answered in time, say
 //! when the two servers that granted a claim are asked to store the token and one of them is
 //! gone): the thread counts it, pauses, and tries again. Such a call moved no unit — only fenced
@@ -38,8 +46,8 @@ use fencelock_redis::{Error, RedisFenced, RedisLease, RedisLock};
 
 use crate::market::STOCKS;
 use crate::redis_books::{
-    book_key, connect, open_servers, sold_key, StallReport, Tally, BATCH, FIRST_SALE, READY,
-    THREADS,
+    book_key, connect, desks_key, open_servers, sold_key, symbol, StallReport, Tally, BATCH, BOOKS,
+    FIRST_SALE, HOT_STOCK, READY, THREADS,
 };
 
 /// Long enough that a trader that is not stalled on purpose never outlives its lease.
@@ -48,6 +56,11 @@ const LEASE: Duration = Duration::from_secs(2);
 const STALL_LEASE: Duration = Duration::from_millis(100);
 /// How long a thread waits for a busy stock before trying the next one.
 const ACQUIRE_WAIT: Duration = Duration::from_millis(100);
+/// How long a thread waits in the hot stock's queue: far longer than the queue ever takes, since
+/// every thread wants it.
+const HOT_WAIT: Duration = Duration::from_secs(5);
+/// How often a thread whose listed stocks are sold out looks again whether HOT has opened.
+const OPENING_POLL: Duration = Duration::from_millis(2);
 /// Bounds on one thread's work: batches attempted, and time.
 const MAX_ATTEMPTS: usize = 20_000;
 const THREAD_DEADLINE: Duration = Duration::from_secs(40);
@@ -80,8 +93,13 @@ struct Desk {
     url: String,
     prefix: String,
     process: usize,
+    /// Trader processes in the run: HOT opens once that many are at their desks.
+    processes: u64,
+    /// Whether HOT has opened (seen by one of this process's threads).
+    open: AtomicBool,
     /// Whether the locks live on a quorum, whose lock calls may fail while a server dies.
     quorum: bool,
+    /// A lock and a ledger per book: the listed stocks, then HOT.
     locks: Vec<RedisLock>,
     ledgers: Vec<RedisFenced>,
     /// Whether this process has printed its `first-sale` line.
@@ -99,40 +117,56 @@ impl Desk {
         if !self.first_sale.swap(true, Relaxed) {
             println!(
                 "{FIRST_SALE} process={} stock={} units={units}",
-                self.process, STOCKS[stock]
+                self.process,
+                symbol(stock)
             );
         }
     }
 
+    /// Whether HOT is open: every trader process has counted itself in.
+    fn hot_open(&self, con: &mut Connection) -> Result<bool, String> {
+        if !self.open.load(Relaxed) {
+            let desks: Option<u64> = redis::cmd("GET")
+                .arg(desks_key(&self.prefix))
+                .query(con)
+                .map_err(|e| format!("reading the desks: {e}"))?;
+            if desks.unwrap_or(0) >= self.processes {
+                self.open.store(true, Relaxed);
+            }
+        }
+        Ok(self.open.load(Relaxed))
+    }
+
     fn book(&self, stock: usize) -> String {
-        book_key(&self.prefix, STOCKS[stock])
+        book_key(&self.prefix, symbol(stock))
     }
 
     fn sold_list(&self, stock: usize) -> String {
-        sold_key(&self.prefix, STOCKS[stock])
+        sold_key(&self.prefix, symbol(stock))
     }
 }
 
 fn run(args: &[String]) -> Result<(), String> {
-    let [lock_urls, data_url, process, prefix, stall] = args else {
+    let [lock_urls, data_url, process, processes, prefix, stall] = args else {
         return Err(format!(
-            "expected <lock urls> <data url> <process> <prefix> <stall>, got {args:?}"
+            "expected <lock urls> <data url> <process> <processes> <prefix> <stall>, got {args:?}"
         ));
     };
     let process: usize = process.parse().map_err(|_| "bad process index")?;
+    let processes: u64 = processes.parse().map_err(|_| "bad number of processes")?;
     let (lock_server, data_server) = open_servers(lock_urls, data_url, prefix)?;
     let desk = Desk {
         url: data_url.clone(),
         prefix: prefix.clone(),
         process,
+        processes,
+        open: AtomicBool::new(false),
         quorum: lock_server.servers() > 1,
-        locks: STOCKS
-            .iter()
-            .map(|stock| lock_server.lock(stock).map_err(|e| e.to_string()))
+        locks: (0..BOOKS)
+            .map(|stock| lock_server.lock(symbol(stock)).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?,
-        ledgers: STOCKS
-            .iter()
-            .map(|stock| data_server.fenced(stock).map_err(|e| e.to_string()))
+        ledgers: (0..BOOKS)
+            .map(|stock| data_server.fenced(symbol(stock)).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?,
         first_sale: AtomicBool::new(false),
     };
@@ -145,6 +179,10 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         _ => None,
     };
+    redis::cmd("INCR")
+        .arg(desks_key(prefix))
+        .query::<u64>(&mut connect(data_url)?)
+        .map_err(|e| format!("counting in at the desks: {e}"))?;
     let outcomes = thread::scope(|s| {
         let threads: Vec<_> = (0..THREADS)
             .map(|thread| {
@@ -175,7 +213,8 @@ fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// One trader thread: finishes the staged stall if it was handed one, then sells until every
-/// book is empty.
+/// book is empty: a batch of the next listed stock not sold out, then (once HOT is open) a batch
+/// of HOT, round after round.
 fn trade(
     desk: &Desk,
     first: usize,
@@ -188,21 +227,31 @@ fn trade(
         None => None,
     };
     let started = Instant::now();
-    let mut empty = [false; STOCKS.len()];
+    let mut empty = [false; BOOKS];
     let mut next = first;
     for _ in 0..MAX_ATTEMPTS {
-        let Some(stock) = (0..STOCKS.len())
+        let listed = (0..STOCKS.len())
             .map(|i| (next + i) % STOCKS.len())
-            .find(|&stock| !empty[stock])
-        else {
+            .find(|&stock| !empty[stock]);
+        if listed.is_none() && empty[HOT_STOCK] {
             return Ok((tally, stall));
-        };
+        }
         if started.elapsed() > THREAD_DEADLINE {
             return Err(format!("still selling after {THREAD_DEADLINE:?}"));
         }
-        next = stock + 1; // one batch per stock in turn spreads the threads over the books
-        if sell_batch(desk, &mut con, stock, &mut tally)? == Batch::BookEmpty {
-            empty[stock] = true;
+        if let Some(stock) = listed {
+            next = stock + 1; // one batch per stock in turn spreads the threads over the books
+            if sell_batch(desk, &mut con, stock, ACQUIRE_WAIT, &mut tally)? == Batch::BookEmpty {
+                empty[stock] = true;
+            }
+        }
+        if !empty[HOT_STOCK] {
+            if desk.hot_open(&mut con)? {
+                let hot = sell_batch(desk, &mut con, HOT_STOCK, HOT_WAIT, &mut tally)?;
+                empty[HOT_STOCK] = hot == Batch::BookEmpty;
+            } else if listed.is_none() {
+                thread::sleep(OPENING_POLL);
+            }
         }
     }
     Err(format!(
@@ -218,14 +267,17 @@ enum Batch {
     NotNow,
 }
 
-/// Sells one batch of `stock` under a lease: claim the ledger, read, move, release.
+/// Sells one batch of `stock` under a lease, waiting for it up to `wait`: claim the ledger, read,
+/// move, release. On HOT, counts the lease and its wait, or the wait that ran out.
 fn sell_batch(
     desk: &Desk,
     con: &mut Connection,
     stock: usize,
+    wait: Duration,
     tally: &mut Tally,
 ) -> Result<Batch, String> {
-    let lease = match desk.locks[stock].acquire_timeout(LEASE, ACQUIRE_WAIT) {
+    let called = Instant::now();
+    let lease = match desk.locks[stock].acquire_timeout(LEASE, wait) {
         Ok(lease) => lease,
         Err(e) if desk.rides_out(&e) => {
             tally.unavailable += 1;
@@ -235,8 +287,12 @@ fn sell_batch(
         Err(e) => return Err(e.to_string()),
     };
     let Some(lease) = lease else {
+        tally.hot_timeouts += u64::from(stock == HOT_STOCK);
         return Ok(Batch::NotNow);
     };
+    if stock == HOT_STOCK {
+        tally.hot_wait(called.elapsed());
+    }
     tally.saw(lease.token().get());
     let ledger = &desk.ledgers[stock];
     let batch = if !fenced_write(ledger, &lease, &redis::pipe(), tally)? {

@@ -633,8 +633,9 @@ return {1}
 /// key to `nonce:` (no token yet) if it is absent and no other live waiter queues first — or,
 /// where it already holds this nonce (a resend, or an earlier try of the same waiter), gives it
 /// the TTL again — and returns {1, floor}, where floor = the counter, or the server's time in µs
-/// where there is none, as digits: the token must exceed it. Otherwise returns {0, value}
-/// (`value` empty when the lock is free but a waiter is first), the lock key unchanged. Round 2
+/// where there is none, as digits: the token must exceed it. Otherwise returns {0, value, PTTL}
+/// while another acquisition holds the key, {0, ''} when it is free but a waiter is first; the
+/// lock key unchanged. Round 2
 /// takes the waiter out of the queue where it stores the token; the lease's release, everywhere.
 static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
     with_queue(
@@ -645,7 +646,7 @@ if ARGV[3] ~= '' then
 end
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #mine) ~= mine then
-  return {0, current}
+  return {0, current, redis.call('PTTL', KEYS[1])}
 end
 if current then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -783,8 +784,8 @@ pub(crate) fn leave(keys: &LockKeys, nonce: &Nonce, waiter: &str) -> Request {
 pub(crate) enum Claim {
     /// The key is ours there; the token must exceed this floor.
     Granted(u64),
-    /// Another acquisition holds the key there.
-    Held,
+    /// Another acquisition holds the key there, for this much longer (`None`: unknown).
+    Held(Option<Duration>),
     /// The key is free there, but another waiter queues first.
     Behind,
 }
@@ -794,8 +795,11 @@ pub(crate) fn decode_claim(reply: &Value) -> Result<Claim, Error> {
     match reply {
         Value::Array(parts) => match parts.as_slice() {
             [Value::Int(1), floor] => Ok(Claim::Granted(decode_token(floor)?.get())),
-            [Value::Int(0), Value::BulkString(value)] if value.is_empty() => Ok(Claim::Behind),
-            [Value::Int(0), _] => Ok(Claim::Held),
+            [Value::Int(0), Value::BulkString(value), ..] if value.is_empty() => Ok(Claim::Behind),
+            [Value::Int(0), _, Value::Int(pttl)] => Ok(Claim::Held(
+                u64::try_from(*pttl).ok().map(Duration::from_millis),
+            )),
+            [Value::Int(0), _] => Ok(Claim::Held(None)),
             _ => Err(unexpected(format!("unexpected claim reply {reply:?}"))),
         },
         _ => Err(unexpected(format!("unexpected claim reply {reply:?}"))),

@@ -365,7 +365,8 @@ impl<'k> Waiting<'k> {
             Ok(Attempt::Granted(lease)) => WaitStep::Done(Ok(Some(lease)), None),
             Ok(_) if self.left(now).is_zero() => self.over(Ok(None)),
             Ok(Attempt::TooSlow) => self.step(now),
-            Ok(Attempt::Held(_)) => self.block(None, now),
+            // Nothing changes before the holder's key runs out, unless a release wakes us.
+            Ok(Attempt::Held(holder_ttl)) => self.block(holder_ttl, now),
             Err(error) => self.failed(error, now),
         }
     }
@@ -611,11 +612,12 @@ mod tests {
             w.woken(Err(down()), t0 + ms(2)),
             WaitStep::Attempt(_)
         ));
-        assert!(matches!(
-            w.attempted(Ok(Attempt::Held(Some(1))), t0 + ms(3)),
-            WaitStep::Block { .. }
-        ));
-        match w.attempted(Ok(Attempt::Held(Some(2))), t0 + ms(100)) {
+        // A holder whose key runs out in 40 ms: blocks no longer than that.
+        match w.attempted(Ok(Attempt::Held(Some(ms(40)))), t0 + ms(3)) {
+            WaitStep::Block { timeout, .. } => assert_eq!(timeout, ms(41)),
+            _ => panic!("expected to block"),
+        }
+        match w.attempted(Ok(Attempt::Held(Some(ms(2)))), t0 + ms(100)) {
             WaitStep::Done(Ok(None), Some(leave)) => assert!(!leave.is_release()),
             _ => panic!("expected to give up and leave"),
         }

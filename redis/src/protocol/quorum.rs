@@ -25,6 +25,8 @@
 //! each outcome leads to — the release of an attempt that failed included — is decided by the
 //! state machines of [`lease`]; the front ends only run the rounds.
 
+use std::time::Duration;
+
 use fencelock::{FencingToken, LeaseLost};
 use redis::Value;
 
@@ -85,8 +87,9 @@ pub(crate) enum ClaimOutcome {
         token: FencingToken,
         granted: Vec<usize>,
     },
-    /// Others hold the lock on too many servers for a majority (among others on this server).
-    Held(Option<usize>),
+    /// Others hold the lock on too many servers for a majority (with the shortest remaining
+    /// TTL a holding server reported).
+    Held(Option<Duration>),
     /// A majority did not answer, or answered with errors.
     Unavailable(Error),
 }
@@ -98,8 +101,9 @@ pub(crate) struct ClaimTally {
     granted: Vec<usize>,
     floor: u64,
     held: usize,
-    /// The last server where another acquisition holds the key: a waiter listens there.
-    held_on: Option<usize>,
+    /// The shortest remaining TTL of another acquisition's key among the servers that hold
+    /// one: nothing changes for a waiter before it runs out, unless a release wakes it.
+    holder_ttl: Option<Duration>,
     failures: Failures,
 }
 
@@ -110,7 +114,7 @@ impl ClaimTally {
             granted: Vec::with_capacity(servers),
             floor: 0,
             held: 0,
-            held_on: None,
+            holder_ttl: None,
             failures: Failures::default(),
         }
     }
@@ -125,9 +129,12 @@ impl Tally for ClaimTally {
                 self.granted.push(server);
                 self.floor = self.floor.max(floor);
             }
-            Ok(Claim::Held) => {
+            Ok(Claim::Held(ttl)) => {
                 self.held += 1;
-                self.held_on = Some(server);
+                self.holder_ttl = match (self.holder_ttl, ttl) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
             Ok(Claim::Behind) => self.held += 1,
             Err(error) => self.failures.record(error),
@@ -167,7 +174,7 @@ impl ClaimTally {
         if self.failures.count >= majority(self.servers) {
             ClaimOutcome::Unavailable(std::mem::take(&mut self.failures).into_error())
         } else {
-            ClaimOutcome::Held(self.held_on)
+            ClaimOutcome::Held(self.holder_ttl)
         }
     }
 }
@@ -177,7 +184,7 @@ impl ClaimOutcome {
     pub(crate) fn into_store(self) -> Result<(FencingToken, Vec<usize>), Refusal> {
         match self {
             Self::Majority { token, granted } => Ok((token, granted)),
-            Self::Held(on) => Err(Refusal::Held(on)),
+            Self::Held(ttl) => Err(Refusal::Held(ttl)),
             Self::Unavailable(error) => Err(Refusal::Failed(error)),
         }
     }
@@ -187,8 +194,8 @@ impl ClaimOutcome {
 /// on every server.
 #[derive(Debug)]
 pub(crate) enum Refusal {
-    /// Others hold the lock (or waiters queue first), on this server among others.
-    Held(Option<usize>),
+    /// Others hold the lock (or waiters queue first); the holder's shortest remaining TTL seen.
+    Held(Option<Duration>),
     /// Granted, but not in time to be valid.
     TooSlow,
     /// A majority did not answer.
@@ -199,8 +206,8 @@ pub(crate) enum Refusal {
 #[derive(Debug)]
 pub(crate) enum Attempt<L> {
     Granted(L),
-    /// Held by others (on a quorum: among others, on this server, where a waiter listens).
-    Held(Option<usize>),
+    /// Held by others (on a quorum: with the holder's shortest remaining TTL seen).
+    Held(Option<Duration>),
     TooSlow,
 }
 
@@ -209,7 +216,7 @@ impl<L> Attempt<L> {
     pub(crate) fn map<M>(self, lease: impl FnOnce(L) -> M) -> Attempt<M> {
         match self {
             Self::Granted(granted) => Attempt::Granted(lease(granted)),
-            Self::Held(on) => Attempt::Held(on),
+            Self::Held(ttl) => Attempt::Held(ttl),
             Self::TooSlow => Attempt::TooSlow,
         }
     }
@@ -228,7 +235,7 @@ impl<L> Attempt<L> {
 impl Refusal {
     pub(crate) fn into_attempt<L>(self) -> Result<Attempt<L>, Error> {
         match self {
-            Self::Held(on) => Ok(Attempt::Held(on)),
+            Self::Held(ttl) => Ok(Attempt::Held(ttl)),
             Self::TooSlow => Ok(Attempt::TooSlow),
             Self::Failed(error) => Err(error),
         }
@@ -422,6 +429,34 @@ mod tests {
             Value::Int(1),
             Value::BulkString(floor.to_string().into_bytes()),
         ]))
+    }
+
+    fn held_for(ms: i64) -> Result<Value, Error> {
+        Ok(Value::Array(vec![
+            Value::Int(0),
+            Value::BulkString(b"abc:7".to_vec()),
+            Value::Int(ms),
+        ]))
+    }
+
+    #[test]
+    fn claim_reports_the_holders_shortest_ttl_and_waiters_first_as_held() {
+        let mut tally = ClaimTally::new(3);
+        assert!(tally.record(0, held_for(900)).is_none());
+        match tally.record(1, held_for(250)) {
+            Some(ClaimOutcome::Held(ttl)) => {
+                assert_eq!(ttl, Some(std::time::Duration::from_millis(250)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Free, but another waiter is first: held, with no TTL to wait for.
+        let behind = || Ok(Value::Array(vec![Value::Int(0), Value::BulkString(vec![])]));
+        let mut tally = ClaimTally::new(3);
+        assert!(tally.record(0, behind()).is_none());
+        assert!(matches!(
+            tally.record(2, behind()),
+            Some(ClaimOutcome::Held(None))
+        ));
     }
 
     fn held() -> Result<Value, Error> {
