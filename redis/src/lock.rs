@@ -1,6 +1,7 @@
 //! [`RedisLock`], its [`RedisLease`], and [`try_acquire_all`].
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -218,56 +219,47 @@ impl LockServer {
         }
     }
 
-    /// `BLPOP key timeout` on every server at once, until the first returns: `Ok` if any
-    /// returned, else the first error. On a quorum, one thread per server blocks; once one
-    /// returns, the others are ended early ([`Node::unblock`](crate::node::Node::unblock)), so
-    /// this takes no longer than `timeout` + the I/O timeout.
+    /// `BLPOP key timeout` on every server at once, until the first returns: `Ok` if any did,
+    /// else the first error, within `timeout` + the I/O timeout. On a quorum, one thread per
+    /// server pops; the first whose pop returns ends the others early
+    /// ([`Node::unblock`](crate::node::Node::unblock)) while the caller goes on at once.
     fn block_pop(&self, key: &str, timeout: Duration) -> Result<(), Error> {
         let servers = self.servers();
         if servers == 1 {
             return self.node(0).block_pop(key, timeout);
         }
         let (returned, first) = mpsc::channel();
-        thread::scope(|scope| {
-            for i in 0..servers {
-                let returned = returned.clone();
-                scope.spawn(move || {
-                    let _ = returned.send((i, self.node(i).block_pop(key, timeout)));
-                });
-            }
-            drop(returned);
-            let mut popped = Err(None);
-            let mut open = servers;
-            while let Ok((i, result)) = first.recv() {
-                open -= 1;
-                match result {
-                    Ok(()) if popped.is_err() => {
-                        popped = Ok(());
-                        for other in (0..servers).filter(|&other| other != i) {
-                            // A server that fails here ends its pop by its own timeout.
-                            let _ = self.node(other).unblock(key);
-                        }
-                    }
-                    Ok(()) => {}
-                    Err(e) => {
-                        if let Err(None) = popped {
-                            popped = Err(Some(e));
-                        }
+        let woken = Arc::new(AtomicBool::new(false));
+        for i in 0..servers {
+            let (server, key, woken) = (self.clone(), key.to_owned(), Arc::clone(&woken));
+            let returned = returned.clone();
+            thread::spawn(move || {
+                let popped = server.node(i).block_pop(&key, timeout);
+                // Relaxed: only which thread is first matters, and the swap alone decides it.
+                if popped.is_ok() && !woken.swap(true, Relaxed) {
+                    for other in (0..servers).filter(|&other| other != i) {
+                        // A server that fails here ends its pop by its own timeout.
+                        let _ = server.node(other).unblock(&key);
                     }
                 }
-                if open == 0 {
-                    break;
-                }
+                // The caller may have gone on already.
+                let _ = returned.send(popped);
+            });
+        }
+        drop(returned);
+        let mut failed = None;
+        for popped in first.iter() {
+            match popped {
+                Ok(()) => return Ok(()),
+                Err(e) => failed = failed.or(Some(e)),
             }
-            popped.map_err(|e| {
-                e.unwrap_or_else(|| {
-                    Error::Redis(redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "fencelock-redis: no blocking pop returned",
-                    )))
-                })
-            })
-        })
+        }
+        Err(failed.unwrap_or_else(|| {
+            Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "fencelock-redis: no blocking pop returned",
+            )))
+        }))
     }
 
     /// Sends `release` to every server, errors ignored: in the background on a quorum; on a
