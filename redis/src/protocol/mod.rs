@@ -386,7 +386,8 @@ end
 ";
 
 /// The Lua of a script that uses the queue: the token counter's and the queue's helpers, then
-/// `body`.
+/// `body`. (The two scripts of an uncontended acquire and release define the helpers only once
+/// they found a queue: a Lua function definition runs, and costs, on every call.)
 fn with_queue(body: &str) -> Lua {
     Lua::new(&format!("{NEXT_TOKEN_LUA}{QUEUE_LUA}{body}"))
 }
@@ -395,29 +396,32 @@ fn with_queue(body: &str) -> Lua {
 /// the common case, kept cheap for the server. Same arguments and replies; a free lock that live
 /// waiters queue for is handed to the first of them (see [`queue`]) and counts as held.
 static ACQUIRE_ONE: LazyLock<Lua> = LazyLock::new(|| {
-    with_queue(
-        r"
+    Lua::new(&format!(
+        r"{NEXT_TOKEN_LUA}
 local mine = ARGV[1]
 local current = redis.call('GET', KEYS[1])
 if current then
   if string.sub(current, 1, #mine) == mine then
-    return {string.sub(current, #mine + 1)}
+    return {{string.sub(current, #mine + 1)}}
   end
   return nil
 end
-local first = live_head(1)
-if first then
-  hand_off(1, first, ARGV[3])
-  return nil
+if redis.call('EXISTS', KEYS[3]) == 1 then
+{QUEUE_LUA}
+  local first = live_head(1)
+  if first then
+    hand_off(1, first, ARGV[3])
+    return nil
+  end
 end
 local token = next_token(KEYS[2], ARGV[3])
 if not token then
   return redis.error_reply('fencelock: token space exhausted (2^53)')
 end
 redis.call('SET', KEYS[1], mine .. token, 'PX', ARGV[2])
-return {token}
-",
-    )
+return {{token}}
+"
+    ))
 });
 
 /// Acquires every lock named in KEYS (quadruples: lock, counter, queue, alive), all or nothing.
@@ -540,21 +544,25 @@ return {0}
 /// a colon (`nonce:`), counter idle ms. Returns as [`RENEW`] does; only {1} changed anything: the
 /// lock went, with the next token, to the first live waiter (see [`queue`]), or is free.
 static RELEASE: LazyLock<Lua> = LazyLock::new(|| {
-    with_queue(
+    Lua::new(&format!(
         r"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1]) == ARGV[1] then
-  local first = live_head(1)
-  if not (first and hand_off(1, first, ARGV[2])) then
-    redis.call('DEL', KEYS[1])
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+{NEXT_TOKEN_LUA}{QUEUE_LUA}
+    local first = live_head(1)
+    if first and hand_off(1, first, ARGV[2]) then
+      return {{1}}
+    end
   end
-  return {1}
+  redis.call('DEL', KEYS[1])
+  return {{1}}
 elseif current then
-  return {2, current}
+  return {{2, current}}
 end
-return {0}
-",
-    )
+return {{0}}
+"
+    ))
 });
 
 /// Releases a lease (or a claim) on one server of a quorum. KEYS: lock, counter, queue, alive.
