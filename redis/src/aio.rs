@@ -185,12 +185,27 @@ impl LockServer {
     /// `BLPOP key timeout` on `server`, on a waiter's connection of its own (from the pool, or
     /// a new one), bounded by `timeout` + the I/O timeout: `Ok` whether or not anything was
     /// popped. After an error or a timeout the connection is dropped, its state unknown.
-    async fn block_pop(&self, server: usize, key: &str, timeout: Duration) -> Result<(), Error> {
+    ///
+    /// A `precise` pop is timed here, not by the server (which times blocked commands out only
+    /// at its cron, up to 100 ms late at the default `hz`): the server's timeout is a second
+    /// longer, and if nothing came within `timeout` the connection (its pop still pending) is
+    /// dropped and the pop counts as returned.
+    async fn block_pop(
+        &self,
+        server: usize,
+        key: &str,
+        timeout: Duration,
+        precise: bool,
+    ) -> Result<(), Error> {
         let node = &self.inner.nodes[server];
         let s = &self.inner.settings;
         // BLPOP's 0 means "forever": never send it.
         let timeout = timeout.max(Duration::from_millis(1));
-        let bound = timeout.saturating_add(s.io_timeout);
+        let (server_timeout, bound) = if precise {
+            (timeout.saturating_add(Duration::from_secs(1)), timeout)
+        } else {
+            (timeout, timeout.saturating_add(s.io_timeout))
+        };
         let pooled = lock(&node.waiting).pop();
         let mut con = match pooled {
             Some(con) => con,
@@ -203,9 +218,9 @@ impl LockServer {
                     .await?
             }
         };
-        con.set_response_timeout(bound);
+        con.set_response_timeout(server_timeout.saturating_add(s.io_timeout));
         let mut pop = redis::cmd("BLPOP");
-        pop.arg(key).arg(timeout.as_secs_f64());
+        pop.arg(key).arg(server_timeout.as_secs_f64());
         match tokio::time::timeout(bound, pop.query_async::<Value>(&mut con)).await {
             Ok(Ok(_)) => {
                 let mut idle = lock(&node.waiting);
@@ -215,6 +230,8 @@ impl LockServer {
                 Ok(())
             }
             Ok(Err(e)) => Err(e.into()),
+            // Nothing within a precise timeout: the connection goes with its pending pop.
+            Err(_) if precise => Ok(()),
             Err(_) => Err(Error::Redis(redis::RedisError::from((
                 redis::ErrorKind::Io,
                 "fencelock-redis: a blocking pop got no reply within its timeout",
@@ -225,12 +242,17 @@ impl LockServer {
     /// `BLPOP key timeout` on every server at once, until the first returns: `Ok` if any
     /// returned, else the first error. Once one returns, the others are ended early (see
     /// `protocol::unblock`) and awaited, so their connections go back to the pool.
-    async fn block_pop_any(&self, key: &str, timeout: Duration) -> Result<(), Error> {
+    async fn block_pop_any(
+        &self,
+        key: &str,
+        timeout: Duration,
+        precise: bool,
+    ) -> Result<(), Error> {
         if self.servers() == 1 {
-            return self.block_pop(0, key, timeout).await;
+            return self.block_pop(0, key, timeout, precise).await;
         }
         let mut pops: FuturesUnordered<_> = (0..self.servers())
-            .map(|i| async move { (i, self.block_pop(i, key, timeout).await) })
+            .map(|i| async move { (i, self.block_pop(i, key, timeout, precise).await) })
             .collect();
         let mut popped: Result<(), Option<Error>> = Err(None);
         while let Some((i, result)) = pops.next().await {
@@ -477,8 +499,12 @@ impl RedisLock {
                     let decision = self.server.perform(acquisition).await;
                     waiting.attempted(decision, Instant::now())
                 }
-                WaitStep::Block { key, timeout } => {
-                    let popped = self.server.block_pop_any(&key, timeout).await;
+                WaitStep::Block {
+                    key,
+                    timeout,
+                    precise,
+                } => {
+                    let popped = self.server.block_pop_any(&key, timeout, precise).await;
                     waiting.woken(popped, Instant::now())
                 }
                 WaitStep::Sleep(delay) => {

@@ -157,8 +157,12 @@ impl RedisLock {
                     let decision = self.server.perform(acquisition);
                     waiting.attempted(decision, Instant::now())
                 }
-                WaitStep::Block { key, timeout } => {
-                    let popped = self.server.block_pop(&key, timeout);
+                WaitStep::Block {
+                    key,
+                    timeout,
+                    precise,
+                } => {
+                    let popped = self.server.block_pop(&key, timeout, precise);
                     waiting.woken(popped, Instant::now())
                 }
                 WaitStep::Sleep(delay) => {
@@ -223,10 +227,10 @@ impl LockServer {
     /// else the first error, within `timeout` + the I/O timeout. On a quorum, one thread per
     /// server pops; the first whose pop returns ends the others early
     /// ([`Node::unblock`](crate::node::Node::unblock)) while the caller goes on at once.
-    fn block_pop(&self, key: &str, timeout: Duration) -> Result<(), Error> {
+    fn block_pop(&self, key: &str, timeout: Duration, precise: bool) -> Result<(), Error> {
         let servers = self.servers();
         if servers == 1 {
-            return self.node(0).block_pop(key, timeout);
+            return self.node(0).block_pop(key, timeout, precise);
         }
         let (returned, first) = mpsc::channel();
         let woken = Arc::new(AtomicBool::new(false));
@@ -234,7 +238,7 @@ impl LockServer {
             let (server, key, woken) = (self.clone(), key.to_owned(), Arc::clone(&woken));
             let returned = returned.clone();
             thread::spawn(move || {
-                let popped = server.node(i).block_pop(&key, timeout);
+                let popped = server.node(i).block_pop(&key, timeout, precise);
                 // Relaxed: only which thread is first matters, and the swap alone decides it.
                 if popped.is_ok() && !woken.swap(true, Relaxed) {
                     for other in (0..servers).filter(|&other| other != i) {

@@ -111,19 +111,47 @@ impl Node {
     /// `BLPOP key timeout` on a pooled connection, its read timeout raised by `timeout` for the
     /// call: `Ok` whether or not anything was popped (the waiter's next step finds out). A
     /// waiter's thread blocks here, so the connection is its own while it does.
-    pub(crate) fn block_pop(&self, key: &str, timeout: Duration) -> Result<(), Error> {
+    ///
+    /// The server times a blocked pop out only at its cron (up to 100 ms late at the default
+    /// `hz`). A `precise` pop is timed on our side instead: the server's timeout is a second
+    /// longer, and if nothing came within `timeout` the connection (whose pop is still pending)
+    /// is dropped — not the pool's other connections.
+    pub(crate) fn block_pop(
+        &self,
+        key: &str,
+        timeout: Duration,
+        precise: bool,
+    ) -> Result<(), Error> {
         // BLPOP's 0 means "forever": never send it.
         let timeout = timeout.max(Duration::from_millis(1));
-        let read = timeout.saturating_add(self.io_timeout);
-        self.with_connection(Resend::IfStale, |con| {
-            con.set_read_timeout(Some(read))?;
-            let popped = redis::cmd("BLPOP")
-                .arg(key)
-                .arg(timeout.as_secs_f64())
-                .query::<Value>(con);
-            con.set_read_timeout(Some(self.io_timeout))?;
-            popped.map(drop)
-        })
+        if !precise {
+            let read = timeout.saturating_add(self.io_timeout);
+            return self.with_connection(Resend::IfStale, |con| {
+                con.set_read_timeout(Some(read))?;
+                let popped = blpop(con, key, timeout);
+                con.set_read_timeout(Some(self.io_timeout))?;
+                popped
+            });
+        }
+        let mut con = match self.pop_idle() {
+            Some(con) => con,
+            None => self.connect()?,
+        };
+        con.set_read_timeout(Some(timeout))?;
+        match blpop(
+            &mut con,
+            key,
+            timeout.saturating_add(Duration::from_secs(1)),
+        ) {
+            Ok(()) => {
+                con.set_read_timeout(Some(self.io_timeout))?;
+                self.give_back(con);
+                Ok(())
+            }
+            // Nothing within the timeout: the pop is still pending there, so the connection goes.
+            Err(e) if e.is_timeout() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ends a blocking pop of `key` on this server early (see [`protocol::unblock`]).
@@ -160,6 +188,15 @@ impl Node {
         let own = shard();
         (0..POOL_SHARDS).find_map(|i| lock(&self.idle[(own + i) % POOL_SHARDS]).pop())
     }
+}
+
+/// `BLPOP key timeout`, whatever it pops.
+fn blpop(con: &mut Connection, key: &str, timeout: Duration) -> redis::RedisResult<()> {
+    redis::cmd("BLPOP")
+        .arg(key)
+        .arg(timeout.as_secs_f64())
+        .query::<Value>(con)
+        .map(drop)
 }
 
 /// `EVALSHA` the request; after `NOSCRIPT`, load the script and send it once more.

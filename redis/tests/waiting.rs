@@ -641,3 +641,43 @@ fn quorum_waiter_is_woken_by_the_release() {
     eprintln!("woken {took:?} after the release");
     assert!(took < SOON, "not woken by the release: {took:?}");
 }
+
+/// A quorum's round 2 takes the new holder out of the queue only where it stores the token. A
+/// server that answered round 1 too late for round 2 — here one paused while the claim was in
+/// flight — must not keep the holder first in its queue: with another server down, that stale
+/// first place would block every other waiter until the holder's liveness ran out (30 s here).
+#[test]
+fn a_quorum_grant_leaves_no_place_in_any_queue() {
+    let (mut servers, urls) = quorum_of_three();
+    let name = "quorum-granted-leaves";
+    let lock = quorum(&urls, Some(SLOW_HEARTBEAT)).lock(name).unwrap();
+    servers[2].pause();
+    let lease = lock
+        .acquire_timeout(Duration::from_secs(10), Duration::from_secs(5))
+        .unwrap()
+        .expect("free: granted by the two servers that answer");
+    servers[2].resume();
+    // The paused server runs the claim (which queues the waiter) when it resumes, then the
+    // holder's leave, sent after the grant on the same connection.
+    wait_until("no server keeps the holder queued", SOON, || {
+        servers.iter().all(|server| queued(server, name) == 0)
+    });
+    // And with server 0 down, a second waiter gets the lock as soon as it is released.
+    servers[0].kill9();
+    let second = quorum(&urls, Some(SLOW_HEARTBEAT)).lock(name).unwrap();
+    let waiter = spawn_waiter(second, Duration::from_secs(20));
+    wait_until("the second waiter is queued", SOON, || {
+        queued(&servers[1], name) == 1
+    });
+    let released = Instant::now();
+    lease.release().unwrap();
+    let (granted_at, _) = join_within(vec![waiter], Duration::from_secs(25))
+        .pop()
+        .flatten()
+        .expect("the second waiter got the lock");
+    assert!(
+        granted_at.duration_since(released) < SOON,
+        "served {:?} after the release",
+        granted_at.duration_since(released)
+    );
+}

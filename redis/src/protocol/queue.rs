@@ -152,7 +152,16 @@ pub(crate) enum WaitStep<'k> {
     /// call [`Waiting::woken`] once the first returns (whether or not it popped anything: the
     /// next step finds out). The front end then ends the other pops early by pushing a short-lived
     /// element to the same key on their servers ([`protocol::unblock`]).
-    Block { key: String, timeout: Duration },
+    ///
+    /// `precise`: the timeout is the end of the wait or of the holder's TTL, not a heartbeat, and
+    /// must be kept on the client's clock. A server times blocked commands out only at its cron
+    /// (every 100 ms at the default `hz 10`), so a heartbeat may run that much late — harmless —
+    /// but a precise block waits on the client's side and drops its connection if nothing came.
+    Block {
+        key: String,
+        timeout: Duration,
+        precise: bool,
+    },
     /// Sleep (a connection error is retried), then call [`Waiting::slept`].
     Sleep(Duration),
     /// One server: release this grant that came back too late to be valid (errors ignored: it
@@ -279,7 +288,8 @@ impl<'k> Waiting<'k> {
     /// Blocks on the wake-up list until the next heartbeat, the holder's TTL (if first), or the
     /// end of the wait, whichever comes first.
     fn block(&self, holder_ttl: Option<Duration>, now: Instant) -> WaitStep<'k> {
-        let mut timeout = self.liveness.heartbeat().min(self.left(now));
+        let heartbeat = self.liveness.heartbeat();
+        let mut timeout = heartbeat.min(self.left(now));
         if let Some(ttl) = holder_ttl {
             // One millisecond past it: the key has expired when the next step arrives.
             timeout = timeout.min(ttl + Duration::from_millis(1));
@@ -287,10 +297,12 @@ impl<'k> Waiting<'k> {
         WaitStep::Block {
             key: self.keys.wake(&self.nonce),
             timeout,
+            precise: timeout < heartbeat,
         }
     }
 
-    /// The wait is over with `decision`; a quorum's waiter leaves its queues.
+    /// The wait is over with `decision`; a quorum's waiter leaves its queues (everywhere: a
+    /// grant took it out only where it was stored).
     fn over(&self, decision: Result<Option<LeaseState>, Error>) -> WaitStep<'k> {
         let leave =
             (self.servers > 1).then(|| protocol::leave(self.keys, &self.nonce, &self.waiter));
@@ -362,7 +374,10 @@ impl<'k> Waiting<'k> {
         now: Instant,
     ) -> WaitStep<'k> {
         match decision {
-            Ok(Attempt::Granted(lease)) => WaitStep::Done(Ok(Some(lease)), None),
+            // Round 2 took it out of the queue only where it stored the token: a server that
+            // granted too late for round 2 would keep it first in line there (and, with a server
+            // down, block every other waiter) until its liveness ran out.
+            Ok(Attempt::Granted(lease)) => self.over(Ok(Some(lease))),
             Ok(_) if self.left(now).is_zero() => self.over(Ok(None)),
             Ok(Attempt::TooSlow) => self.step(now),
             // Nothing changes before the holder's key runs out, unless a release wakes us.
@@ -503,9 +518,14 @@ mod tests {
 
         // Held for 5 s by another, this waiter second: a heartbeat's block.
         match w.answered(queued("77", 5000, 1), t0 + ms(1)) {
-            WaitStep::Block { key, timeout } => {
+            WaitStep::Block {
+                key,
+                timeout,
+                precise,
+            } => {
                 assert_eq!(key, keys.wake(&w.nonce));
                 assert_eq!(timeout, liveness().heartbeat());
+                assert!(!precise, "a heartbeat may run late");
             }
             _ => panic!("expected to block"),
         }
@@ -513,9 +533,11 @@ mod tests {
         let args = request_args(&w.woken(Ok(()), t0 + ms(300)));
         assert_eq!(args[12], "77");
 
-        // First in line, the holder's key ends in 20 ms: blocks until just after.
+        // First in line, the holder's key ends in 20 ms: blocks until just after, on our clock.
         match w.answered(queued("77", 20, 0), t0 + ms(301)) {
-            WaitStep::Block { timeout, .. } => assert_eq!(timeout, ms(21)),
+            WaitStep::Block {
+                timeout, precise, ..
+            } => assert_eq!((timeout, precise), (ms(21), true)),
             _ => panic!("expected to block"),
         }
     }
