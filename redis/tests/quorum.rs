@@ -59,6 +59,7 @@ on_quorums!(
     tokens_strictly_increase => three_tokens_strictly_increase, one_tokens_strictly_increase;
     stalled_holder_is_taken_over_and_refused => three_stalled_holder_refused, one_stalled_holder_refused;
     stale_release_is_refused_and_changes_nothing => three_stale_release_refused, one_stale_release_refused;
+    a_lost_lease_reports_the_same_loss_every_time => three_same_loss, one_same_loss;
     expired_lease_reports_expired => three_expired_lease, one_expired_lease;
     renew_keeps_others_out => three_renew_keeps_others_out, one_renew_keeps_others_out;
     drop_releases => three_drop_releases, one_drop_releases;

@@ -31,6 +31,7 @@ on_one_server!(
     tokens_strictly_increase,
     stalled_holder_is_taken_over_and_refused,
     stale_release_is_refused_and_changes_nothing,
+    a_lost_lease_reports_the_same_loss_every_time,
     expired_lease_reports_expired,
     renew_keeps_others_out,
     drop_releases,

@@ -129,6 +129,20 @@ pub fn stalled_holder_is_taken_over_and_refused(setup: &Setup) {
     newer.release().unwrap();
 }
 
+/// A lease found lost says the same every time after: a renewal that named the newer holder is
+/// followed by renewals and a release that name it too (not a bare `Expired`).
+pub fn a_lost_lease_reports_the_same_loss_every_time(setup: &Setup) {
+    let lock = setup.locks.lock("same-loss").unwrap();
+    let mut stalled = lock.try_acquire(SHORT).unwrap().unwrap();
+    thread::sleep(PAST_SHORT);
+    let newer = lock.try_acquire(LONG).unwrap().expect("taken over");
+    let by = newer.token();
+    assert_eq!(lost(stalled.renew(LONG)), LeaseLost::TakenOver { by });
+    newer.release().unwrap(); // the lock is free now: the loss must still be the one seen
+    assert_eq!(lost(stalled.renew(LONG)), LeaseLost::TakenOver { by });
+    assert_eq!(lost(stalled.release()), LeaseLost::TakenOver { by });
+}
+
 pub fn stale_release_is_refused_and_changes_nothing(setup: &Setup) {
     let server = &setup.locks;
     let lock = server.lock("stale-release").unwrap();

@@ -148,6 +148,8 @@ pub(crate) struct LeaseState {
     valid_until: Instant,
     /// Still to be released: false after a release, or once it is known lost.
     held: bool,
+    /// How it was lost, once a renewal found out: every later call reports the same loss.
+    lost: Option<LeaseLost>,
 }
 
 impl LeaseState {
@@ -164,6 +166,7 @@ impl LeaseState {
             ttl,
             valid_until,
             held: true,
+            lost: None,
         }
     }
 
@@ -202,6 +205,18 @@ impl LeaseState {
     /// be left of it.
     pub(crate) fn lose(&mut self) {
         self.held = false;
+    }
+
+    /// A renewal found it lost, as `lost`: it stays lost, and says so the same way every time.
+    fn lose_to(&mut self, lost: LeaseLost) {
+        self.held = false;
+        self.lost.get_or_insert(lost);
+    }
+
+    /// The error for a call on a lease that is no longer held: the loss a renewal found, else
+    /// `Expired` (released, dropped, or lost without a word from a server).
+    pub(crate) fn no_longer_held(&self) -> Error {
+        Error::Lost(self.lost.unwrap_or(LeaseLost::Expired))
     }
 
     /// The request that releases it on a server of `keys`, one of `servers`.
@@ -417,8 +432,8 @@ impl<'l> Renewal<'l> {
     /// right after `now()`.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a TTL out of range; [`Error::Lost`]`(Expired)` if the lease is
-    /// no longer held. Nothing is to be sent then.
+    /// [`Error::InvalidInput`] for a TTL out of range; [`Error::Lost`] if the lease is no longer
+    /// held, as it was lost (else `Expired`). Nothing is to be sent then.
     pub(crate) fn new(
         servers: usize,
         keys: &'l LockKeys,
@@ -428,7 +443,7 @@ impl<'l> Renewal<'l> {
     ) -> Result<Self, Error> {
         let ttl_ms = protocol::ttl_millis(ttl)?;
         if !lease.held {
-            return Err(Error::Lost(LeaseLost::Expired));
+            return Err(lease.no_longer_held());
         }
         Ok(Self {
             servers,
@@ -452,7 +467,7 @@ impl<'l> Renewal<'l> {
                 self.lease.valid_until = protocol::valid_until(self.sent, self.ttl);
                 self.lease.ttl = self.ttl;
             }
-            Err(Error::Lost(_)) => self.lease.lose(),
+            Err(Error::Lost(lost)) => self.lease.lose_to(*lost),
             Err(_) => {}
         }
         Step::Done(renewed, None)
@@ -517,14 +532,15 @@ impl<'l> Release<'l> {
     /// here on, whatever the servers answer.
     ///
     /// # Errors
-    /// [`Error::Lost`]`(Expired)` if the lease is no longer held (nothing is to be sent).
+    /// [`Error::Lost`] if the lease is no longer held — with the loss a renewal found, else
+    /// `Expired` (nothing is to be sent).
     pub(crate) fn new(
         servers: usize,
         keys: &'l LockKeys,
         lease: &'l mut LeaseState,
     ) -> Result<Self, Error> {
         if !lease.held {
-            return Err(Error::Lost(LeaseLost::Expired));
+            return Err(lease.no_longer_held());
         }
         lease.lose();
         Ok(Self {
@@ -917,11 +933,17 @@ mod tests {
         ));
         assert!(!lease.is_held());
         assert_eq!(lease.remaining(t0), None);
-        // Lost stays lost: nothing is sent again.
-        assert!(matches!(
-            Renewal::new(1, &keys, &mut lease, TTL, no_clock),
-            Err(Error::Lost(LeaseLost::Expired))
+        // Lost stays lost, for the same reason: nothing is sent again.
+        let taken_over = |r: Result<_, Error>| {
+            matches!(
+                r,
+                Err(Error::Lost(LeaseLost::TakenOver { by })) if by == FencingToken::new(12)
+            )
+        };
+        assert!(taken_over(
+            Renewal::new(1, &keys, &mut lease, TTL, no_clock).map(drop)
         ));
+        assert!(taken_over(Release::new(1, &keys, &mut lease).map(drop)));
         // A TTL out of range is refused first.
         assert!(matches!(
             Renewal::new(1, &keys, &mut lease, ms(1), no_clock),
