@@ -264,3 +264,25 @@ fn script_cache_flush_is_recovered() {
         .expect("reloaded on NOSCRIPT");
     lease.release().unwrap();
 }
+
+/// The largest retry delays the builder accepts do not overflow: a waiter that meets a refused
+/// connection (here a server killed before the call) sleeps at most what is left of its wait and
+/// then reports the error — no "overflow when multiplying duration by scalar" panic.
+#[test]
+fn the_largest_retry_delays_are_saturated_not_a_panic() {
+    let mut redis = RedisProcess::start();
+    let lock = support::quick_builder()
+        .retry_delay(Duration::MAX, Duration::MAX)
+        .open(&redis.url())
+        .unwrap()
+        .lock("huge-delays")
+        .unwrap();
+    redis.kill9();
+    let began = Instant::now();
+    let wait = Duration::from_millis(300);
+    for _ in 0..3 {
+        let err = lock.acquire_timeout(TTL, wait).unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+    }
+    assert!(began.elapsed() < 3 * wait + FAILS_WITHIN);
+}

@@ -1105,5 +1105,10 @@ mod tests {
         );
         let mut forever = Retries::new(Duration::MAX, ms(2), ms(8), t0);
         assert!(forever.after_miss(t0 + ms(1_000_000)).is_some());
+        // The largest delays the builder accepts saturate instead of overflowing.
+        let mut huge = Retries::new(ms(100), Duration::MAX, Duration::MAX, t0);
+        for _ in 0..3 {
+            assert!(huge.after_miss(t0).unwrap() <= ms(100));
+        }
     }
 }
