@@ -9,6 +9,7 @@
 mod support;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -627,4 +628,91 @@ async fn a_quorum_waiter_queues_on_every_server_at_once() {
         let _ = task.await;
         held.release().await.unwrap();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. A crashed holder, a restarted server
+
+/// A holder that crashed (its lease never released) passes the lock, once its TTL has run out,
+/// to the waiter, with a larger token — woken by the TTL the queue reports, not its heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_crashed_holders_lock_goes_to_the_first_waiter() {
+    let server = RedisProcess::start();
+    let name = "crashed-holder";
+    let holder = lock_on(&[&server], None, name);
+    let held = holder
+        .try_acquire(Duration::from_millis(500))
+        .await
+        .unwrap()
+        .expect("free");
+    let crashed = held.token();
+    std::mem::forget(held); // never released: a crashed holder
+
+    // Heartbeat 10 s: only the holder's TTL, which the queue reports, can wake it early.
+    let waiter = lock_on(&[&server], Some(SLOW_LIVENESS), name);
+    let started = Instant::now();
+    let lease = within(
+        "the waiter gets the crashed holder's lock",
+        Duration::from_secs(25),
+        waiter.acquire_timeout(LONG, Duration::from_secs(20)),
+    )
+    .await
+    .unwrap()
+    .expect("the waiter got the lock");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} (a waiter that only heartbeats would take 10 s)"
+    );
+    assert!(
+        lease.token() > crashed,
+        "{:?} !> {crashed:?}",
+        lease.token()
+    );
+    lease.release().await.unwrap();
+}
+
+/// A restart without persistence (queue, lock and script cache lost) while three waiters wait:
+/// each gets the lock in turn, one at a time, none errors, none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_server_restart_while_waiters_wait_loses_nobody() {
+    let mut server = RedisProcess::start();
+    let name = "restart";
+    let holder = lock_on(&[&server], None, name);
+    let held = holder.try_acquire(LONG).await.unwrap().expect("free");
+
+    let inside = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let lock = lock_on(&[&server], None, name);
+        let inside = Arc::clone(&inside);
+        tasks.push(tokio::spawn(async move {
+            let lease = lock
+                .acquire_timeout(LONG, Duration::from_secs(15))
+                .await
+                .expect("no error while waiting")
+                .unwrap_or_else(|| panic!("waiter {i} never got the lock"));
+            assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            inside.store(false, Ordering::SeqCst);
+            lease.release().await.expect("release");
+        }));
+    }
+    {
+        let mut con = raw(&server);
+        eventually("3 waiters queued", Duration::from_secs(5), || {
+            queued(&mut con, name) == 3
+        })
+        .await;
+    }
+
+    server.kill9();
+    server.restart();
+    within("every waiter is served", Duration::from_secs(20), async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await;
+    drop(held); // its lock was lost with the server
 }
