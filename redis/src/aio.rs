@@ -16,8 +16,23 @@
 //! A waiter of [`RedisLock::acquire_timeout`] blocks (`BLPOP`) on a connection of its own, never
 //! on the multiplexed one that other tasks share: a blocked pop holds its connection until it
 //! returns, so the handle keeps a pool of these per server (opened on demand, reused by later
-//! waiters). A waiting future that is dropped (a `select!`, a `timeout`) leaves the queue from a
-//! background task and passes on a hand-off that may have reached it.
+//! waiters).
+//!
+//! # Cancellation
+//!
+//! Every future here may be dropped at an `.await` (a `select!`, a `timeout`) without leaving the
+//! lock held for a TTL: `try_acquire` and `acquire_timeout` dropped mid-flight release whatever
+//! they may have claimed, leave the queue and pass on a hand-off that reached them, and a dropped
+//! `release` still releases — each from a background task on the current runtime (outside one,
+//! what was left ends by its TTL). `renew` is safe to drop as it is: a renewal that took effect
+//! unseen only lengthens the key's TTL on the server, and the lease keeps its old, shorter
+//! validity locally. A dropped fenced `write` either ran or did not, as after a lost reply.
+//!
+//! # Connections
+//!
+//! One connect at a time per server: tasks that find no connection (a herd on a fresh handle, or
+//! after an error) wait for the one being opened and share it, and an error drops a connection
+//! only if no newer one replaced it meanwhile.
 //!
 //! ```
 //! # #[path = "../tests/support/server.rs"] mod server;
@@ -63,7 +78,12 @@ const MAX_IDLE_WAIT_CONNECTIONS: usize = 64;
 /// waiters (each used by one waiter at a time: a blocking pop holds it).
 struct Node {
     client: Client,
-    connection: Mutex<Option<MultiplexedConnection>>,
+    /// The multiplexed connection, with the number of the connect that opened it.
+    connection: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// Held while a connection is opened, so that one connect serves every caller that found
+    /// none (a herd of tasks on a fresh handle, or after an error, opens one connection); the
+    /// number of the last connect.
+    connecting: tokio::sync::Mutex<u64>,
     waiting: Mutex<Vec<MultiplexedConnection>>,
 }
 
@@ -121,6 +141,7 @@ impl LockServer {
                     .map(|client| Node {
                         client,
                         connection: Mutex::new(None),
+                        connecting: tokio::sync::Mutex::new(0),
                         waiting: Mutex::new(Vec::new()),
                     })
                     .collect(),
@@ -160,11 +181,17 @@ impl LockServer {
         })
     }
 
-    /// The server's connection, opened (and the scripts loaded) if there is none.
-    async fn connection(&self, server: usize) -> Result<MultiplexedConnection, Error> {
+    /// The server's connection and the number of the connect that opened it, opened (and the
+    /// scripts loaded) if there is none — by one caller at a time: the others wait for it and
+    /// share what it opened.
+    async fn connection(&self, server: usize) -> Result<(u64, MultiplexedConnection), Error> {
         let node = &self.inner.nodes[server];
-        if let Some(con) = lock(&node.connection).clone() {
-            return Ok(con);
+        if let Some(current) = lock(&node.connection).clone() {
+            return Ok(current);
+        }
+        let mut last = node.connecting.lock().await;
+        if let Some(current) = lock(&node.connection).clone() {
+            return Ok(current); // opened while this caller waited
         }
         let s = &self.inner.settings;
         let config = AsyncConnectionConfig::new()
@@ -179,8 +206,22 @@ impl LockServer {
         let mut load = redis::pipe();
         protocol::load_quorum_scripts(&mut load);
         load.query_async::<()>(&mut con).await?;
-        *lock(&node.connection) = Some(con.clone());
-        Ok(con)
+        *last += 1;
+        let current = (*last, con);
+        *lock(&node.connection) = Some(current.clone());
+        Ok(current)
+    }
+
+    /// Drops `server`'s connection after an error on it — unless a newer one replaced it
+    /// meanwhile (the connect numbered `opened` is the one that failed).
+    fn forget_connection(&self, server: usize, opened: u64) {
+        let mut current = lock(&self.inner.nodes[server].connection);
+        if current
+            .as_ref()
+            .is_some_and(|(number, _)| *number == opened)
+        {
+            *current = None;
+        }
     }
 
     /// `BLPOP key timeout` on `server`, on a waiter's connection of its own (from the pool, or
@@ -264,7 +305,7 @@ impl LockServer {
                         (0..self.servers())
                             .filter(|&other| other != i)
                             .map(|other| async move {
-                                let Ok(mut con) = self.connection(other).await else {
+                                let Ok((_, mut con)) = self.connection(other).await else {
                                     return;
                                 };
                                 let bound = self.inner.settings.io_timeout;
@@ -298,25 +339,21 @@ impl LockServer {
     async fn invoke(&self, server: usize, request: &Request) -> Result<Value, Error> {
         // Each step is bounded by the connection's own timeouts (connect, and response = the
         // I/O timeout), so no timer of ours is needed on the hot path.
-        let attempt = async {
-            let mut con = self.connection(server).await?;
-            let reply = match request.evalsha().query_async::<Value>(&mut con).await {
-                Err(e) if protocol::is_noscript(&e) => request.eval().query_async(&mut con).await,
-                reply => reply,
-            };
-            reply.map_err(Error::Redis)
+        let (opened, mut con) = self.connection(server).await?;
+        let reply = match request.evalsha().query_async::<Value>(&mut con).await {
+            Err(e) if protocol::is_noscript(&e) => request.eval().query_async(&mut con).await,
+            reply => reply,
         };
-        let result = attempt.await;
-        if let Err(Error::Redis(e)) = &result {
+        if let Err(e) = &reply {
             if e.is_io_error()
                 || e.is_timeout()
                 || e.is_connection_dropped()
                 || e.kind() == redis::ErrorKind::Io
             {
-                *lock(&self.inner.nodes[server].connection) = None;
+                self.forget_connection(server, opened);
             }
         }
-        result
+        reply.map_err(Error::Redis)
     }
 
     /// One round: `request(server)` to each of `servers` concurrently on this task, the replies
@@ -485,10 +522,8 @@ impl RedisLock {
         let servers = self.server.servers();
         let now = Instant::now();
         let mut waiting = Waiting::new(servers, &self.keys, ttl, wait, liveness, retry, now)?;
-        let mut abandoned = Abandoned {
-            server: &self.server,
-            requests: Some(waiting.abandon()),
-        };
+        // Out of the queue first, so that a hand-off the release passes on cannot come back.
+        let mut abandoned = Cleanup::new(&self.server, waiting.abandon().into());
         let mut step = waiting.start(now);
         loop {
             step = match step {
@@ -518,7 +553,7 @@ impl RedisLock {
                     waiting.slept(Instant::now())
                 }
                 WaitStep::Done(decision, leave) => {
-                    abandoned.requests = None;
+                    abandoned.disarm();
                     if let Some(leave) = leave {
                         self.server.send_and_forget(|_| leave.clone());
                     }
@@ -537,7 +572,11 @@ impl RedisLock {
     async fn attempt(&self, ttl: Duration) -> Result<Attempt<RedisLease>, Error> {
         let servers = self.server.servers();
         let acquisition = Acquisition::new(servers, &self.keys, ttl, Instant::now)?;
-        let attempt = self.server.perform(acquisition).await?;
+        // Cancelled with requests in flight, it may have claimed the lock on some servers.
+        let mut cancelled = Cleanup::new(&self.server, vec![acquisition.release_claims()]);
+        let attempt = self.server.perform(acquisition).await;
+        cancelled.disarm();
+        let attempt = attempt?;
         Ok(attempt.map(|state| RedisLease {
             server: self.server.clone(),
             keys: Arc::clone(&self.keys),
@@ -546,34 +585,45 @@ impl RedisLock {
     }
 }
 
-/// Sends a waiter's leaving requests to every server if its future is dropped before it ends.
-struct Abandoned<'a> {
+/// What a cancelled future leaves behind on the servers — a claim, a queued waiter, a lease it
+/// was releasing — and the requests that clean it up. Dropped while armed (the future was dropped
+/// before it finished: a `select!`, a `timeout`), it sends them to every server from a background
+/// task, in order on each server; outside a runtime, what was left ends by its TTL or liveness.
+struct Cleanup<'a> {
     server: &'a LockServer,
-    requests: Option<[Request; 2]>,
+    requests: Vec<Request>,
 }
 
-impl Drop for Abandoned<'_> {
+impl<'a> Cleanup<'a> {
+    fn new(server: &'a LockServer, requests: Vec<Request>) -> Self {
+        Self { server, requests }
+    }
+
+    /// The future finished: nothing to clean up.
+    fn disarm(&mut self) {
+        self.requests.clear();
+    }
+}
+
+impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        let Some(requests) = self.requests.take() else {
+        if self.requests.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // Outside a runtime: the entry goes when its liveness runs out.
-        };
-        let server = self.server.clone();
+        let (server, requests) = (self.server.clone(), std::mem::take(&mut self.requests));
         runtime.spawn(async move {
-            // In order on each server: out of the queue first, so that a hand-off passed on by
-            // the release cannot come back to this waiter.
-            let leave = (0..server.servers()).map(|i| {
-                let server = &server;
-                let requests = &requests;
+            let each = (0..server.servers()).map(|i| {
+                let (server, requests) = (&server, &requests);
                 async move {
                     for request in requests {
                         let _ = server.invoke(i, request).await;
                     }
                 }
             });
-            futures_util::future::join_all(leave).await;
+            futures_util::future::join_all(each).await;
         });
     }
 }
@@ -604,7 +654,8 @@ impl RedisLease {
         self.remaining().is_some()
     }
 
-    /// As [`crate::RedisLease::renew`].
+    /// As [`crate::RedisLease::renew`]. Safe to cancel: a renewal that took effect unseen only
+    /// lengthens the key's TTL on the server; the lease keeps its old, shorter validity.
     ///
     /// # Errors
     /// As [`crate::RedisLease::renew`].
@@ -624,8 +675,13 @@ impl RedisLease {
     /// As [`crate::RedisLease::release`].
     pub async fn release(mut self) -> Result<(), Error> {
         let servers = self.server.servers();
+        let request = self.state.release_request(&self.keys, servers);
         let release = Release::new(servers, &self.keys, &mut self.state)?;
-        self.server.perform(release).await
+        // Cancelled before its request went out, it would leave the lock held for its TTL.
+        let mut cancelled = Cleanup::new(&self.server, vec![request]);
+        let released = self.server.perform(release).await;
+        cancelled.disarm();
+        released
     }
 
     /// Lost: free what is left of it, in the background.
@@ -698,7 +754,7 @@ impl RedisFenced {
     /// # Errors
     /// As [`crate::RedisFenced::highest`].
     pub async fn highest(&self) -> Result<FencingToken, Error> {
-        let mut con = self.server.connection(0).await?;
+        let (opened, mut con) = self.server.connection(0).await?;
         let timeout = self.server.inner.settings.io_timeout;
         let mut cmd = redis::cmd("GET");
         cmd.arg(&self.key);
@@ -706,7 +762,7 @@ impl RedisFenced {
         let reply = match tokio::time::timeout(timeout, get).await {
             Ok(reply) => reply?,
             Err(_) => {
-                *lock(&self.server.inner.nodes[0].connection) = None;
+                self.server.forget_connection(0, opened);
                 return Err(Error::Redis(redis::RedisError::from((
                     redis::ErrorKind::Io,
                     "fencelock-redis: no reply within the I/O timeout",

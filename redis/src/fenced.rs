@@ -86,8 +86,11 @@ impl RedisFenced {
     ///
     /// # Errors
     /// - [`Error::Stale`] if a higher token has written: none of the commands ran;
-    /// - [`Error::InvalidInput`] for a token above 2⁵³ − 1 (no lock server issues one), or a
-    ///   command with no or more than 4,096 arguments, or a cursor argument;
+    /// - [`Error::InvalidInput`] for a token above 2⁵³ − 1 (no lock server issues one), a
+    ///   command with no or more than 4,096 arguments, a cursor argument, or a command Redis
+    ///   refuses inside a script (`MULTI`/`EXEC`, `WATCH`, `SUBSCRIBE`, blocking pops, `EVAL`,
+    ///   administration: the script would have recorded the token and run nothing); nothing is
+    ///   sent;
     /// - [`Error::Redis`] if the server is unreachable, or a command failed (see above).
     pub fn write(&self, token: FencingToken, commands: &redis::Pipeline) -> Result<(), Error> {
         let call = protocol::fenced_write(&self.key, token, commands)?;

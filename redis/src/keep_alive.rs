@@ -21,6 +21,21 @@ use crate::lock::RedisLease;
 
 /// How a [`KeptLease`] renews: every third of the TTL by default, with no cap on the hold.
 ///
+/// # The schedule
+///
+/// Each renewal is scheduled against the validity it must extend, not only the interval: it is
+/// sent at the interval after the last one was sent (after [`RedisLease::keep_alive`] was called,
+/// for the first), but **no later than one round trip's margin before the lease's validity
+/// ends** — the validity being the TTL minus the [drift allowance](crate::drift_allowance),
+/// counted from when the last renewal was sent, as [`RedisLease::remaining`]. The margin is the
+/// handle's [I/O timeout](crate::LockServerBuilder::io_timeout), so a renewal has its whole
+/// timeout to come back before the lease would lapse; but at most half the validity left, so a
+/// short lease (or one handed over with little validity left) is renewed halfway through what is
+/// left, and the other half is the round trip's. An interval the validity cannot cover is thus
+/// clamped, never refused: `every(995 ms)` on a 1 s TTL (valid for 988 ms) renews after 494 ms
+/// with the default 1 s I/O timeout. The same rule drives the async `aio::KeptLease` (feature
+/// `tokio`).
+///
 /// ```
 /// use std::time::Duration;
 /// use fencelock_redis::KeepAlive;
@@ -38,8 +53,10 @@ pub struct KeepAlive {
 }
 
 impl KeepAlive {
-    /// Renews every `interval`. An interval that is not shorter than the lease's TTL (or zero)
-    /// is clamped to half the TTL: a renewal must land before the lease ends.
+    /// Renews every `interval` — or sooner, when the lease's validity calls for it: an interval
+    /// that would send a renewal later than one round trip's margin before the validity ends
+    /// (the I/O timeout, at most half the validity left) is clamped to that, as described in
+    /// [the schedule](Self#the-schedule). A zero interval means "as late as that rule allows".
     pub fn every(mut self, interval: Duration) -> Self {
         self.every = Some(interval);
         self
@@ -53,13 +70,35 @@ impl KeepAlive {
         self
     }
 
-    /// The interval for a lease of `ttl`.
-    pub(crate) fn interval(&self, ttl: Duration) -> Duration {
-        match self.every {
-            Some(every) if !every.is_zero() && every < ttl => every,
-            Some(_) => ttl / 2,
-            None => ttl / 3,
-        }
+    /// When to send the next renewal of a lease of `ttl` whose validity, counted from `from`
+    /// (when the last renewal was sent; when keeping began, for the first), ends at
+    /// `valid_until`, on a handle whose round trips are bounded by `io_timeout`: the schedule of
+    /// both renewers, blocking and async (see [the schedule](Self#the-schedule)).
+    ///
+    /// The policy's interval after `from` (a third of `ttl` by default; none for a zero
+    /// interval), but no later than `valid_until − min(io_timeout, (valid_until − from) / 2)`:
+    /// a renewal sent then has its whole I/O timeout — or, for a validity shorter than two I/O
+    /// timeouts, the half of it that is left — to come back before the lease lapses. Never
+    /// before `from`; `from` itself once the validity has ended.
+    pub(crate) fn next_renewal(
+        &self,
+        ttl: Duration,
+        from: Instant,
+        valid_until: Instant,
+        io_timeout: Duration,
+    ) -> Instant {
+        let left = valid_until.saturating_duration_since(from);
+        let margin = io_timeout.min(left / 2);
+        // `margin ≤ left`, so this is `valid_until − margin`, and no earlier than `from`.
+        let latest = from + (left - margin);
+        let interval = match self.every {
+            Some(every) if every.is_zero() => None,
+            Some(every) => Some(every),
+            None => Some(ttl / 3),
+        };
+        interval
+            .and_then(|interval| from.checked_add(interval))
+            .map_or(latest, |wanted| wanted.min(latest))
     }
 
     /// When renewals stop, for a hold that began at `start` (`None`: never).
@@ -111,6 +150,11 @@ impl Shared {
 /// A [`RedisLease`] renewed in the background (by a thread of its own) until it is released, it
 /// reaches its [`max_hold`](KeepAlive::max_hold), or a renewal fails — which the holder learns
 /// from [`lost`](Self::lost) or [`wait_lost`](Self::wait_lost).
+///
+/// Renewals follow [`KeepAlive`]'s [schedule](KeepAlive#the-schedule): at the policy's interval,
+/// but always early enough — one round trip's margin (the I/O timeout, at most half the validity
+/// left) before the validity ends — to keep a lease that can be kept, the first one included,
+/// however little validity the lease had left when it was handed over.
 ///
 /// `Send + 'static`. Dropping it stops the renewer and releases the lease (best effort, as
 /// [`RedisLease`]'s drop). Each renewal costs one round trip per interval; the holder's calls
@@ -202,9 +246,9 @@ fn renew_until_stopped(
     start: Instant,
 ) -> RedisLease {
     let ttl = lease.ttl();
-    let interval = policy.interval(ttl);
+    let io_timeout = lease.io_timeout();
     let stop_at = policy.stop_at(start);
-    let mut next = Instant::now() + interval;
+    let mut next = policy.next_renewal(ttl, start, lease.valid_until(), io_timeout);
     loop {
         {
             let mut status = shared.status();
@@ -232,7 +276,7 @@ fn renew_until_stopped(
         match lease.renew(ttl) {
             Ok(()) if Instant::now() < was_valid_until => {
                 shared.status().valid_until = lease.valid_until();
-                next = sent + interval;
+                next = policy.next_renewal(ttl, sent, lease.valid_until(), io_timeout);
             }
             // Renewed, but too late: the lease may have lapsed in between.
             Ok(()) => shared.mark_lost(LeaseLost::Expired),
@@ -316,9 +360,16 @@ impl KeptLease {
     /// # Errors
     /// As [`RedisLease::release`]: after a loss, what the server says (`Lost`).
     pub fn release(mut self) -> Result<(), Error> {
-        match self.stop() {
-            Some(lease) => lease.release(),
-            None => Err(Error::Lost(self.lost().unwrap_or(LeaseLost::Expired))),
+        let lease = self.stop();
+        // Read after the renewer stopped, so its last word counts: a lease that `lost()` calls
+        // lost is reported lost here too (what may be left of it is released all the same).
+        match (lease, self.lost()) {
+            (Some(lease), None) => lease.release(),
+            (Some(lease), Some(lost)) => {
+                let _ = lease.release();
+                Err(Error::Lost(lost))
+            }
+            (None, lost) => Err(Error::Lost(lost.unwrap_or(LeaseLost::Expired))),
         }
     }
 
@@ -354,23 +405,106 @@ impl fmt::Debug for KeptLease {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drift_allowance;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// The next renewal of a lease of `ttl` renewed at `from`, as an offset from `from`.
+    fn after(policy: KeepAlive, ttl: Duration, left: Duration, io_timeout: Duration) -> Duration {
+        let from = Instant::now();
+        policy.next_renewal(ttl, from, from + left, io_timeout) - from
+    }
+
+    /// A full validity: the TTL minus the drift allowance.
+    fn validity(ttl: Duration) -> Duration {
+        ttl - drift_allowance(ttl)
+    }
 
     #[test]
-    fn intervals() {
-        let ttl = Duration::from_millis(300);
+    fn renewals_come_at_the_interval_when_the_validity_allows() {
+        let ttl = 300 * MS; // valid for 295 ms; the margin is at most 147.5 ms
+        let io = Duration::from_secs(1);
+        let left = validity(ttl);
+        assert_eq!(after(KeepAlive::default(), ttl, left, io), 100 * MS);
+        let every = |d| after(KeepAlive::default().every(d), ttl, left, io);
+        assert_eq!(every(50 * MS), 50 * MS);
+        assert_eq!(every(140 * MS), 140 * MS);
+    }
+
+    #[test]
+    fn intervals_the_validity_cannot_cover_are_clamped() {
+        let ttl = Duration::from_secs(1); // valid for 988 ms
+        let left = validity(ttl);
+        let every = |d, io| after(KeepAlive::default().every(d), ttl, left, io);
+        // The I/O timeout is longer than half the validity: renewed halfway through it.
+        assert_eq!(every(995 * MS, Duration::from_secs(1)), left / 2);
+        assert_eq!(every(ttl, Duration::from_secs(1)), left / 2);
+        assert_eq!(every(Duration::MAX, Duration::from_secs(1)), left / 2);
+        assert_eq!(every(Duration::ZERO, Duration::from_secs(1)), left / 2);
+        // A shorter I/O timeout leaves just that for the round trip.
+        assert_eq!(every(995 * MS, 100 * MS), left - 100 * MS);
+        assert_eq!(every(Duration::ZERO, 100 * MS), left - 100 * MS);
+        // An interval that fits stays.
+        assert_eq!(every(800 * MS, 100 * MS), 800 * MS);
+    }
+
+    #[test]
+    fn the_first_renewal_is_scheduled_against_the_validity_left() {
+        let ttl = Duration::from_secs(1); // a third: 333 ms
+        let io = 500 * MS;
+        assert_eq!(after(KeepAlive::default(), ttl, 141 * MS, io), 141 * MS / 2);
+        assert_eq!(after(KeepAlive::default(), ttl, 900 * MS, io), ttl / 3);
+        // A short I/O timeout governs the margin.
         assert_eq!(
-            KeepAlive::default().interval(ttl),
-            Duration::from_millis(100)
+            after(KeepAlive::default(), ttl, 400 * MS, 100 * MS),
+            300 * MS
         );
-        let every = |d| KeepAlive::default().every(d).interval(ttl);
-        assert_eq!(every(Duration::from_millis(50)), Duration::from_millis(50));
-        assert_eq!(every(ttl), Duration::from_millis(150), "clamped");
-        assert_eq!(every(Duration::ZERO), Duration::from_millis(150), "clamped");
+        // Nothing left: at once.
+        assert_eq!(
+            after(KeepAlive::default(), ttl, Duration::ZERO, io),
+            Duration::ZERO
+        );
+        let from = Instant::now() + ttl;
+        assert_eq!(
+            KeepAlive::default().next_renewal(ttl, from, from - MS, io),
+            from
+        );
+    }
+
+    #[test]
+    fn every_renewal_leaves_its_margin() {
+        let policies = [
+            KeepAlive::default(),
+            KeepAlive::default().every(Duration::ZERO),
+            KeepAlive::default().every(MS),
+            KeepAlive::default().every(995 * MS),
+            KeepAlive::default().every(Duration::MAX),
+        ];
+        for policy in policies {
+            for ttl in [
+                5 * MS,
+                200 * MS,
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            ] {
+                for left in [Duration::ZERO, MS, 141 * MS, validity(ttl)] {
+                    for io in [MS, 10 * MS, Duration::from_secs(1), Duration::MAX] {
+                        let next = after(policy, ttl, left, io);
+                        let margin = io.min(left / 2);
+                        assert!(next + margin <= left, "{policy:?} {ttl:?} {left:?} {io:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn max_hold() {
         let start = Instant::now();
         assert_eq!(KeepAlive::default().stop_at(start), None);
         assert_eq!(
-            KeepAlive::default().max_hold(ttl).stop_at(start),
-            Some(start + ttl)
+            KeepAlive::default().max_hold(300 * MS).stop_at(start),
+            Some(start + 300 * MS)
         );
     }
 }

@@ -341,6 +341,11 @@ impl RedisLease {
         self.state.valid_until()
     }
 
+    /// Its handle's I/O timeout: the keep-alive's margin for a renewal's round trip.
+    pub(crate) fn io_timeout(&self) -> Duration {
+        self.server.settings().io_timeout
+    }
+
     /// `remaining().is_some()`.
     #[inline]
     #[must_use]

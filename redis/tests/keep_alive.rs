@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fencelock::{FencingToken, LeaseLost};
 use fencelock_redis::{Error, KeepAlive, LockServer};
 use redis::Commands;
-use support::{quick_builder, raw, RedisProcess};
+use support::{handle, quick_builder, raw, RedisProcess};
 
 const TTL: Duration = Duration::from_millis(200);
 
@@ -123,10 +123,11 @@ fn max_hold_ends_the_hold(n: usize) {
         ledger.write(kept.token(), &redis::pipe()),
         Err(Error::Stale(_))
     ));
-    // Release after a loss tells what the server says.
+    // Release after a loss reports the loss `lost()` reported: the same every time.
+    assert_eq!(kept.lost(), Some(LeaseLost::Expired));
     assert!(matches!(
         kept.release(),
-        Err(Error::Lost(LeaseLost::TakenOver { by })) if by == next.token()
+        Err(Error::Lost(LeaseLost::Expired))
     ));
 }
 
@@ -209,4 +210,59 @@ fn keeping_a_lease_that_already_ran_out_reports_the_loss_at_once() {
 fn kept_lease_is_send_static() {
     fn send_static<T: Send + 'static>() {}
     send_static::<fencelock_redis::KeptLease>();
+}
+
+/// Checks, for `hold`, that `kept` stays held while another client is refused the lock.
+fn stays_held(
+    kept: &fencelock_redis::KeptLease,
+    other: &fencelock_redis::RedisLock,
+    hold: Duration,
+) {
+    let until = Instant::now() + hold;
+    while Instant::now() < until {
+        assert_eq!(kept.lost(), None, "lost within {hold:?}");
+        assert!(kept.remaining().is_some());
+        assert!(other.try_acquire(TTL).unwrap().is_none(), "someone got in");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_interval_the_validity_cannot_cover_is_clamped() {
+    // A 1 s TTL is valid for 1 s minus the drift allowance (988 ms): a renewal every 995 ms
+    // would always come too late. The schedule renews in time instead.
+    let redis = RedisProcess::start();
+    let lock = handle(&redis).lock("nearly").unwrap();
+    let other = handle(&redis).lock("nearly").unwrap();
+    let ttl = Duration::from_secs(1);
+    let kept = lock
+        .try_acquire(ttl)
+        .unwrap()
+        .unwrap()
+        .keep_alive(KeepAlive::default().every(Duration::from_millis(995)));
+    stays_held(&kept, &other, 3 * ttl);
+    kept.release().unwrap();
+    assert!(other.try_acquire(TTL).unwrap().is_some(), "released");
+}
+
+#[test]
+fn a_lease_with_little_validity_left_is_renewed_in_time() {
+    // The default interval is a third of the TTL (333 ms), but only ~200 ms are left when the
+    // lease is handed over: the first renewal must come against what is left.
+    let redis = RedisProcess::start();
+    let lock = handle(&redis).lock("short-left").unwrap();
+    let other = handle(&redis).lock("short-left").unwrap();
+    let ttl = Duration::from_secs(1);
+    let lease = lock.try_acquire(ttl).unwrap().unwrap();
+    thread::sleep(
+        lease
+            .remaining()
+            .unwrap()
+            .saturating_sub(Duration::from_millis(200)),
+    );
+    let left = lease.remaining().expect("still valid");
+    assert!(left < ttl / 3, "{left:?}");
+    let kept = lease.keep_alive(KeepAlive::default());
+    stays_held(&kept, &other, ttl + ttl / 2);
+    kept.release().unwrap();
 }

@@ -70,6 +70,35 @@ fn fenced_write_runs_every_command_or_none() {
     assert_eq!(highest, "10");
 }
 
+/// A pipeline with a command Redis refuses inside a script (`MULTI`, a blocking pop, ...) is
+/// refused before it is sent: the token is not recorded and nothing runs. (Sent, the script
+/// would record the token, then fail on the command.)
+#[test]
+fn fenced_write_refuses_commands_scripts_cannot_run_before_sending() {
+    let redis = RedisProcess::start();
+    let ledger = handle(&redis).fenced("MSFT").unwrap();
+    for refused in ["MULTI", "BLPOP", "SUBSCRIBE", "WATCH"] {
+        let mut pipe = redis::pipe();
+        pipe.cmd("RPUSH").arg("sold:{MSFT}").arg(1);
+        pipe.cmd(refused).arg("sold:{MSFT}").arg(0);
+        assert!(
+            matches!(
+                ledger.write(FencingToken::new(50), &pipe),
+                Err(Error::InvalidInput(_))
+            ),
+            "{refused}"
+        );
+    }
+    let mut con = raw(&redis);
+    let highest: Option<String> = con.get("fencelock:{MSFT}:fenced").unwrap();
+    let sold: Vec<u32> = con.lrange("sold:{MSFT}", 0, -1).unwrap();
+    assert_eq!(
+        (highest, sold),
+        (None, vec![]),
+        "nothing recorded, nothing ran"
+    );
+}
+
 #[test]
 fn keys_use_the_prefix_and_hash_tag_and_counters_expire() {
     let redis = RedisProcess::start();

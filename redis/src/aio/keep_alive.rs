@@ -14,9 +14,10 @@ use crate::keep_alive::KeepAlive;
 impl RedisLease {
     /// Keeps the lease alive from a task spawned on the current tokio runtime (as
     /// `tokio::spawn`, so it must be called inside one), by `policy`: as
-    /// [`crate::RedisLease::keep_alive`].
+    /// [`crate::RedisLease::keep_alive`], on the same [schedule](KeepAlive#the-schedule).
     pub fn keep_alive(self, policy: KeepAlive) -> KeptLease {
         let token = self.token();
+        let start = Instant::now();
         let (lost_tx, lost_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);
         let valid_until = Arc::new(Mutex::new(self.state.valid_until()));
@@ -35,6 +36,7 @@ impl RedisLease {
         let renewer = tokio::spawn(renew_until_stopped(
             self,
             policy,
+            start,
             lost_tx,
             stop_rx,
             shared_valid_until,
@@ -53,15 +55,15 @@ impl RedisLease {
 async fn renew_until_stopped(
     mut lease: RedisLease,
     policy: KeepAlive,
+    start: Instant,
     lost: watch::Sender<Option<LeaseLost>>,
     mut stop: watch::Receiver<bool>,
     valid_until: Arc<Mutex<Instant>>,
 ) -> RedisLease {
-    let start = Instant::now();
     let ttl = lease.state.ttl();
-    let interval = policy.interval(ttl);
+    let io_timeout = lease.server.inner.settings.io_timeout;
     let stop_at = policy.stop_at(start);
-    let mut next = Instant::now() + interval;
+    let mut next = policy.next_renewal(ttl, start, lease.state.valid_until(), io_timeout);
     loop {
         let wake = tokio::time::Instant::from_std(next);
         let stop_at_wake = if let Some(end) = stop_at {
@@ -93,7 +95,7 @@ async fn renew_until_stopped(
         let loss = match result {
             Ok(()) if Instant::now() < was_valid_until => {
                 *lock(&valid_until) = lease.state.valid_until();
-                next = sent + interval;
+                next = policy.next_renewal(ttl, sent, lease.state.valid_until(), io_timeout);
                 None
             }
             Ok(()) => Some(LeaseLost::Expired),
@@ -109,7 +111,12 @@ async fn renew_until_stopped(
 }
 
 /// A lease renewed by a tokio task: as [`crate::KeptLease`], with [`until_lost`](Self::until_lost)
-/// instead of a blocking wait.
+/// instead of a blocking wait, and on the same [schedule](KeepAlive#the-schedule).
+///
+/// The renewer task lives on the runtime `keep_alive` was called in. Should that runtime go
+/// first (dropped, or shut down), the task goes with it, and so does the lease it owned (whose
+/// drop gives it up): nothing renews it any more, so the kept lease is reported lost
+/// (`Expired`) at once — as the blocking twin does when it cannot start its renewer.
 pub struct KeptLease {
     token: FencingToken,
     lost: watch::Receiver<Option<LeaseLost>>,
@@ -126,13 +133,21 @@ impl KeptLease {
         self.token
     }
 
-    /// As [`crate::KeptLease::lost`]: the renewer's report, or the last validity having ended.
+    /// As [`crate::KeptLease::lost`]: the renewer's report, or the last validity having ended,
+    /// or the renewer gone without a report (its runtime went first: `Expired`).
     #[must_use]
     pub fn lost(&self) -> Option<LeaseLost> {
+        // Read before the value: a renewer that reported and then went leaves its report.
+        let renewer_gone = self.lost.has_changed().is_err();
         if let Some(lost) = *self.lost.borrow() {
             return Some(lost);
         }
-        (Instant::now() >= *lock(&self.valid_until)).then_some(LeaseLost::Expired)
+        // While this exists, the renewer ends without a report only with its runtime, which
+        // took the lease with it.
+        if renewer_gone || Instant::now() >= *lock(&self.valid_until) {
+            return Some(LeaseLost::Expired);
+        }
+        None
     }
 
     /// As [`crate::KeptLease::remaining`].
@@ -145,7 +160,9 @@ impl KeptLease {
         Some(until.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
     }
 
-    /// Waits until the lease is lost, and says how.
+    /// Waits until the lease is lost, and says how: as [`crate::KeptLease::wait_lost`] without a
+    /// timeout (wrap it in `tokio::time::timeout` for one). Sleeps between the renewer's reports
+    /// and the end of the validity; returns at once once the renewer is gone (see above).
     pub async fn until_lost(&self) -> LeaseLost {
         let mut lost = self.lost.clone();
         loop {
@@ -154,7 +171,13 @@ impl KeptLease {
             }
             let until = tokio::time::Instant::from_std(*lock(&self.valid_until));
             tokio::select! {
-                _ = lost.changed() => {}
+                changed = lost.changed() => {
+                    if changed.is_err() {
+                        // The renewer is gone: `changed` would fail at once, forever. `lost`
+                        // says so now; never select on it again.
+                        return self.lost().unwrap_or(LeaseLost::Expired);
+                    }
+                }
                 () = tokio::time::sleep_until(until) => {}
             }
         }
@@ -170,9 +193,19 @@ impl KeptLease {
             Some(renewer) => renewer.await.ok(),
             None => self.idle.take(),
         };
-        match lease {
-            Some(lease) => lease.release().await,
-            None => Err(Error::Lost(self.lost().unwrap_or(LeaseLost::Expired))),
+        // Read after the renewer stopped, so its last word counts: a lease that `lost()` called
+        // lost is reported lost here too (what may be left of it is released all the same). The
+        // renewer is gone now because it was stopped, so only its report and the validity count.
+        let reported = *self.lost.borrow();
+        let lost =
+            reported.or((Instant::now() >= *lock(&self.valid_until)).then_some(LeaseLost::Expired));
+        match (lease, lost) {
+            (Some(lease), None) => lease.release().await,
+            (Some(lease), Some(lost)) => {
+                let _ = lease.release().await;
+                Err(Error::Lost(lost))
+            }
+            (None, lost) => Err(Error::Lost(lost.unwrap_or(LeaseLost::Expired))),
         }
     }
 }

@@ -896,6 +896,9 @@ pub(crate) fn fenced_write(
             ))
             .into());
         }
+        if let Some(redis::Arg::Simple(name)) = cmd.args_iter().next() {
+            check_runs_in_a_script(name)?;
+        }
         call.arg(argc);
         for arg in cmd.args_iter() {
             match arg {
@@ -911,6 +914,80 @@ pub(crate) fn fenced_write(
         }
     }
     Ok(call)
+}
+
+/// Commands Redis never runs inside a script (its `noscript` flag, Redis 7): transactions,
+/// pub/sub, blocking pops, replication and server administration, and other scripts. A fenced
+/// pipeline naming one is refused before anything is sent — the server would refuse it inside
+/// the script *after* the token was recorded. The containers whose subcommands are mostly
+/// `noscript` (`ACL`, `CLIENT`, `CONFIG`, `FUNCTION`, `LATENCY`, `MODULE`, `SCRIPT`, `CLUSTER`)
+/// are refused whole: none of them belongs in a fenced write.
+const NOT_IN_SCRIPTS: &[&str] = &[
+    "acl",
+    "auth",
+    "bgrewriteaof",
+    "bgsave",
+    "blmove",
+    "blpop",
+    "brpop",
+    "brpoplpush",
+    "bzpopmax",
+    "bzpopmin",
+    "client",
+    "cluster",
+    "config",
+    "debug",
+    "discard",
+    "eval",
+    "eval_ro",
+    "evalsha",
+    "evalsha_ro",
+    "exec",
+    "failover",
+    "fcall",
+    "fcall_ro",
+    "function",
+    "hello",
+    "latency",
+    "module",
+    "monitor",
+    "multi",
+    "psubscribe",
+    "psync",
+    "punsubscribe",
+    "quit",
+    "replconf",
+    "replicaof",
+    "reset",
+    "role",
+    "save",
+    "script",
+    "shutdown",
+    "slaveof",
+    "ssubscribe",
+    "subscribe",
+    "sunsubscribe",
+    "sync",
+    "unsubscribe",
+    "unwatch",
+    "wait",
+    "watch",
+];
+
+/// Refuses a fenced pipeline command that Redis would not run inside a script.
+fn check_runs_in_a_script(name: &[u8]) -> Result<(), Error> {
+    let lower = name.to_ascii_lowercase();
+    if NOT_IN_SCRIPTS
+        .iter()
+        .any(|c| c.as_bytes() == lower.as_slice())
+    {
+        return Err(InvalidInput::new(format!(
+            "a fenced pipeline cannot run {}: Redis refuses it inside a script (transactions,              pub/sub, blocking commands, administration); the write is already atomic",
+            String::from_utf8_lossy(name).to_uppercase()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Refuses a token that cannot cross the Lua boundary exactly.
@@ -1170,6 +1247,30 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(decode_highest(&Value::Nil).unwrap(), FencingToken::new(0));
+    }
+
+    #[test]
+    fn commands_redis_refuses_in_scripts_are_refused_before_sending() {
+        let t = FencingToken::new(7);
+        for refused in [
+            "MULTI",
+            "exec",
+            "Watch",
+            "SUBSCRIBE",
+            "blpop",
+            "EVAL",
+            "script",
+        ] {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg("k").arg(1).cmd(refused).arg("x");
+            assert!(
+                matches!(fenced_write("f", t, &pipe), Err(Error::InvalidInput(_))),
+                "{refused}"
+            );
+        }
+        let mut fine = redis::pipe();
+        fine.cmd("RPUSH").arg("sold").arg(1).cmd("LPOP").arg("book");
+        assert!(fenced_write("f", t, &fine).is_ok());
     }
 
     #[test]

@@ -289,6 +289,12 @@ impl<'k> Acquisition<'k> {
         })
     }
 
+    /// What releases whatever this attempt may have claimed, on each server (for a front end
+    /// whose attempt is abandoned mid-way).
+    pub(crate) fn release_claims(&self) -> Request {
+        protocol::release_claims(self.keys, &self.nonce, self.servers)
+    }
+
     /// Granted `token`: the lease, if still valid `now`.
     fn granted(self, token: FencingToken, now: impl FnOnce() -> Instant) -> Step<Self> {
         if now() >= self.valid_until {
