@@ -358,7 +358,8 @@ impl KeptLease {
     /// — then releases the lease.
     ///
     /// # Errors
-    /// As [`RedisLease::release`]: after a loss, what the server says (`Lost`).
+    /// As [`RedisLease::release`]; after a loss, the loss [`lost`](Self::lost) reported (what may
+    /// be left of the lease is released all the same).
     pub fn release(mut self) -> Result<(), Error> {
         let lease = self.stop();
         // Read after the renewer stopped, so its last word counts: a lease that `lost()` calls
