@@ -45,7 +45,7 @@ const MAX_NAP: Duration = Duration::from_millis(1);
 pub(crate) struct Sockets {
     target: Result<Vec<SocketAddr>, InvalidInput>,
     /// `AUTH`, `SELECT` and the scripts' `SCRIPT LOAD` to send on every new socket, and how many
-    /// replies they produce.
+    /// replies they produce (each checked before the socket is used).
     setup: (Vec<u8>, usize),
     connect_timeout: Duration,
     idle: Mutex<Vec<Socket>>,
@@ -159,26 +159,64 @@ impl Sockets {
             .map_err(|e| Error::InvalidInput(e.clone()))?;
         let mut last = None;
         for addr in addrs {
-            let opened =
-                TcpStream::connect_timeout(addr, self.connect_timeout).and_then(|mut tcp| {
-                    tcp.set_nodelay(true)?;
-                    tcp.set_write_timeout(Some(self.connect_timeout))?;
-                    tcp.write_all(&self.setup.0)?;
-                    tcp.set_nonblocking(true)?;
-                    Ok(tcp)
-                });
+            let opened = TcpStream::connect_timeout(addr, self.connect_timeout)
+                .map_err(|e| Error::Redis(e.into()))
+                .and_then(|tcp| self.handshake(tcp));
             match opened {
-                Ok(tcp) => {
-                    return Ok(Socket {
-                        tcp,
-                        buf: Vec::with_capacity(256),
-                        discard: self.setup.1,
-                    })
+                Ok(socket) => return Ok(socket),
+                // A server that answered and refused (a wrong password, no permission): no other
+                // address of it will say otherwise.
+                Err(Error::Redis(e)) if e.kind() != redis::ErrorKind::Io && !e.is_io_error() => {
+                    return Err(Error::Redis(e))
                 }
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.map_or_else(|| unreachable("no address"), |e| Error::Redis(e.into())))
+        Err(last.unwrap_or_else(|| unreachable("no address")))
+    }
+
+    /// Sends the setup (`AUTH`, `SELECT`, the scripts' `SCRIPT LOAD`) on a new connection and
+    /// checks every reply, within the connect timeout: a refused one (`WRONGPASS`, `NOPERM`, a
+    /// database that does not exist) fails the connection with the server's error — never a
+    /// connection that goes on as whatever user the server defaults to.
+    fn handshake(&self, mut tcp: TcpStream) -> Result<Socket, Error> {
+        let io = |e: std::io::Error| Error::Redis(e.into());
+        tcp.set_nodelay(true).map_err(io)?;
+        tcp.set_write_timeout(Some(self.connect_timeout))
+            .map_err(io)?;
+        tcp.set_read_timeout(Some(self.connect_timeout))
+            .map_err(io)?;
+        tcp.write_all(&self.setup.0).map_err(io)?;
+        let mut socket = Socket {
+            tcp,
+            buf: Vec::with_capacity(256),
+            discard: 0,
+        };
+        let mut chunk = [0_u8; 4096];
+        for _ in 0..self.setup.1 {
+            let len = loop {
+                match resp::value_len(&socket.buf) {
+                    Ok(Some(len)) => break len,
+                    Ok(None) => {}
+                    Err(()) => return Err(unreachable("the server sent bytes that are not RESP2")),
+                }
+                match socket.tcp.read(&mut chunk) {
+                    Ok(0) => return Err(unreachable("the server closed the connection")),
+                    Ok(n) => socket.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io(e)),
+                }
+            };
+            let reply = redis::parse_redis_value(&socket.buf[..len]);
+            socket.buf.drain(..len);
+            match reply {
+                Ok(Value::ServerError(error)) => return Err(Error::Redis(error.into())),
+                Ok(_) => {}
+                Err(error) => return Err(Error::Redis(error)),
+            }
+        }
+        socket.tcp.set_nonblocking(true).map_err(io)?;
+        Ok(socket)
     }
 
     fn give_back(&self, socket: Socket) {

@@ -291,6 +291,7 @@ impl<'k> Acquisition<'k> {
 
     /// What releases whatever this attempt may have claimed, on each server (for a front end
     /// whose attempt is abandoned mid-way).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn release_claims(&self) -> Request {
         protocol::release_claims(self.keys, &self.nonce, self.servers)
     }
