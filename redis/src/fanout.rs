@@ -44,9 +44,13 @@ const MAX_NAP: Duration = Duration::from_millis(1);
 /// One server's sockets for the quorum rounds.
 pub(crate) struct Sockets {
     target: Result<Vec<SocketAddr>, InvalidInput>,
-    /// `AUTH`, `SELECT` and the scripts' `SCRIPT LOAD` to send on every new socket, and how many
-    /// replies they produce (each checked before the socket is used).
-    setup: (Vec<u8>, usize),
+    /// `AUTH` and `SELECT` to send on every new socket, and how many replies they produce: each
+    /// is checked before anything else is sent (a request sent behind a refused `AUTH` would run
+    /// as the server's default user).
+    login: (Vec<u8>, usize),
+    /// The scripts' `SCRIPT LOAD`, sent behind the login without waiting (their replies are
+    /// skipped; a refused one shows as the request's own error).
+    scripts: (Vec<u8>, usize),
     connect_timeout: Duration,
     idle: Mutex<Vec<Socket>>,
     /// Until when the server is skipped after a timed-out connection, and the next cool-down.
@@ -74,20 +78,22 @@ impl Sockets {
             ))),
         };
         let settings = info.redis_settings();
-        let mut setup = redis::pipe();
+        let mut login = redis::pipe();
         if let Some(password) = settings.password() {
             match settings.username() {
-                Some(user) => setup.cmd("AUTH").arg(user).arg(password),
-                None => setup.cmd("AUTH").arg(password),
+                Some(user) => login.cmd("AUTH").arg(user).arg(password),
+                None => login.cmd("AUTH").arg(password),
             };
         }
         if settings.db() != 0 {
-            setup.cmd("SELECT").arg(settings.db());
+            login.cmd("SELECT").arg(settings.db());
         }
-        protocol::load_quorum_scripts(&mut setup);
+        let mut scripts = redis::pipe();
+        protocol::load_quorum_scripts(&mut scripts);
         Self {
             target,
-            setup: (setup.get_packed_pipeline(), setup.len()),
+            login: (login.get_packed_pipeline(), login.len()),
+            scripts: (scripts.get_packed_pipeline(), scripts.len()),
             connect_timeout,
             idle: Mutex::new(Vec::new()),
             skip_until: Mutex::new((None, COOL_DOWN)),
@@ -175,10 +181,13 @@ impl Sockets {
         Err(last.unwrap_or_else(|| unreachable("no address")))
     }
 
-    /// Sends the setup (`AUTH`, `SELECT`, the scripts' `SCRIPT LOAD`) on a new connection and
-    /// checks every reply, within the connect timeout: a refused one (`WRONGPASS`, `NOPERM`, a
-    /// database that does not exist) fails the connection with the server's error — never a
-    /// connection that goes on as whatever user the server defaults to.
+    /// Logs in on a new connection (`AUTH`, `SELECT`) and checks every reply, within the connect
+    /// timeout: a refused one (`WRONGPASS`, a database that does not exist) fails the connection
+    /// with the server's error — never a connection that goes on as whatever user the server
+    /// defaults to. Then sends the scripts' `SCRIPT LOAD` without waiting. Without a password or
+    /// a database to select there is nothing to wait for; with one, a server that accepts the
+    /// connection but does not answer (paused) costs the caller the connect timeout once, and is
+    /// then skipped for a cool-down like a connection that timed out.
     fn handshake(&self, mut tcp: TcpStream) -> Result<Socket, Error> {
         let io = |e: std::io::Error| Error::Redis(e.into());
         tcp.set_nodelay(true).map_err(io)?;
@@ -186,14 +195,14 @@ impl Sockets {
             .map_err(io)?;
         tcp.set_read_timeout(Some(self.connect_timeout))
             .map_err(io)?;
-        tcp.write_all(&self.setup.0).map_err(io)?;
+        tcp.write_all(&self.login.0).map_err(io)?;
         let mut socket = Socket {
             tcp,
             buf: Vec::with_capacity(256),
             discard: 0,
         };
         let mut chunk = [0_u8; 4096];
-        for _ in 0..self.setup.1 {
+        for _ in 0..self.login.1 {
             let len = loop {
                 match resp::value_len(&socket.buf) {
                     Ok(Some(len)) => break len,
@@ -215,6 +224,8 @@ impl Sockets {
                 Err(error) => return Err(Error::Redis(error)),
             }
         }
+        socket.tcp.write_all(&self.scripts.0).map_err(io)?;
+        socket.discard = self.scripts.1;
         socket.tcp.set_nonblocking(true).map_err(io)?;
         Ok(socket)
     }

@@ -318,30 +318,54 @@ impl Tally for StoreTally {
     fn settle(mut self) -> MajorityOutcome {
         let answered = self.stored + self.gone + self.failures.count;
         self.failures.count += self.asked - answered;
-        let need = majority(self.servers);
-        self.decided().unwrap_or_else(|| self.refused(need))
+        self.decided()
+            .unwrap_or_else(|| MajorityOutcome::Unavailable(self.failures.into_error()))
     }
 }
 
 impl StoreTally {
+    /// Decided once the class of the outcome no longer depends on the replies still due (see
+    /// [`majority_class`]): the same facts give the same outcome in any order.
     fn decided(&mut self) -> Option<MajorityOutcome> {
-        let need = majority(self.servers);
-        if self.stored >= need {
-            return Some(MajorityOutcome::Done);
+        let pending = self.asked - self.stored - self.gone - self.failures.count;
+        match majority_class(self.servers, self.stored, self.failures.count, pending)? {
+            Class::Done => Some(MajorityOutcome::Done),
+            Class::Lost => Some(MajorityOutcome::Lost(LeaseLost::Expired)),
+            Class::Unknown => Some(MajorityOutcome::Unavailable(
+                std::mem::take(&mut self.failures).into_error(),
+            )),
         }
-        if self.stored + (self.asked - self.gone - self.failures.count) < need {
-            return Some(self.refused(need));
-        }
-        None
     }
+}
 
-    fn refused(&mut self, need: usize) -> MajorityOutcome {
-        // Had the servers that failed stored it, would a majority have? Then we cannot tell.
-        if self.failures.count > 0 && self.stored + self.failures.count >= need {
-            MajorityOutcome::Unavailable(std::mem::take(&mut self.failures).into_error())
-        } else {
-            MajorityOutcome::Lost(LeaseLost::Expired)
-        }
+/// The class of a majority round's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// A majority did it.
+    Done,
+    /// A majority can no longer do it, even if every server that failed had done it.
+    Lost,
+    /// No majority confirmed it, but the servers that failed could have: nobody can tell.
+    Unknown,
+}
+
+/// The class of a round where `done` of `servers` did it, `failed` failed to answer, and
+/// `pending` have not answered yet (the rest said no) — or `None` while the replies still due
+/// could change it. Deciding only then makes the outcome a function of the replies, not of their
+/// order: a failure first and a refusal later give what a refusal first and a failure later give.
+fn majority_class(servers: usize, done: usize, failed: usize, pending: usize) -> Option<Class> {
+    let need = majority(servers);
+    if done >= need {
+        Some(Class::Done)
+    } else if done + failed + pending < need {
+        Some(Class::Lost)
+    } else if done + pending < need && done + failed >= need {
+        Some(Class::Unknown)
+    } else if pending == 0 {
+        // Unreachable by the arithmetic above (done + failed ≥ need here), kept total.
+        Some(Class::Unknown)
+    } else {
+        None
     }
 }
 
@@ -391,31 +415,36 @@ impl Tally for HolderTally {
     fn settle(mut self) -> MajorityOutcome {
         let answered = self.ours + self.not_ours + self.failures.count;
         self.failures.count += self.servers - answered;
-        let need = majority(self.servers);
-        self.decided().unwrap_or_else(|| self.refused(need))
+        self.decided()
+            .unwrap_or_else(|| MajorityOutcome::Unavailable(self.failures.into_error()))
     }
 }
 
 impl HolderTally {
+    /// As [`StoreTally`]'s: decided once the class cannot change — a newer acquisition's token
+    /// seen with no majority left to confirm ours is a loss, so "cannot tell" waits for every
+    /// reply. A loss names the newest holder seen by then (a reply still due could name a newer
+    /// one: the class, not that detail, is independent of the order).
     fn decided(&mut self) -> Option<MajorityOutcome> {
-        let need = majority(self.servers);
-        if self.ours >= need {
-            return Some(MajorityOutcome::Done);
-        }
         let pending = self.servers - self.ours - self.not_ours - self.failures.count;
-        if self.ours + pending < need {
-            return Some(self.refused(need));
-        }
-        None
-    }
-
-    fn refused(&mut self, need: usize) -> MajorityOutcome {
+        // A newer acquisition's token on a server, and no majority left to confirm ours: lost
+        // to it, whatever the servers that failed did.
         if let Some(by) = self.newer {
-            MajorityOutcome::Lost(LeaseLost::TakenOver { by })
-        } else if self.failures.count > 0 && self.ours + self.failures.count >= need {
-            MajorityOutcome::Unavailable(std::mem::take(&mut self.failures).into_error())
-        } else {
-            MajorityOutcome::Lost(LeaseLost::Expired)
+            if self.ours + pending < majority(self.servers) {
+                return Some(MajorityOutcome::Lost(LeaseLost::TakenOver { by }));
+            }
+        }
+        match majority_class(self.servers, self.ours, self.failures.count, pending)? {
+            // A reply still due could show a newer holder, which makes it a loss: wait for it.
+            Class::Unknown if pending > 0 => None,
+            Class::Done => Some(MajorityOutcome::Done),
+            Class::Lost => Some(MajorityOutcome::Lost(match self.newer {
+                Some(by) => LeaseLost::TakenOver { by },
+                None => LeaseLost::Expired,
+            })),
+            Class::Unknown => Some(MajorityOutcome::Unavailable(
+                std::mem::take(&mut self.failures).into_error(),
+            )),
         }
     }
 }
@@ -509,6 +538,111 @@ mod tests {
             Attempt::<u8>::TooSlow.into_lease(),
             Err(Error::Lost(LeaseLost::Expired))
         ));
+    }
+
+    /// Every order of the same replies gives the same class of outcome — done, lost, or cannot
+    /// tell: exhaustively, for every mix of replies on 3 and 5 servers, renew/release rounds and
+    /// store rounds.
+    #[test]
+    fn outcomes_do_not_depend_on_the_order_of_the_replies() {
+        // Lost is lost: which newer holder a loss names may depend on which replies came first.
+        fn class(outcome: &MajorityOutcome) -> &'static str {
+            match outcome {
+                MajorityOutcome::Done => "done",
+                MajorityOutcome::Lost(_) => "lost",
+                MajorityOutcome::Unavailable(_) => "unavailable",
+            }
+        }
+        fn permutations(items: &[u8]) -> Vec<Vec<u8>> {
+            if items.len() <= 1 {
+                return vec![items.to_vec()];
+            }
+            let mut all = Vec::new();
+            for i in 0..items.len() {
+                let mut rest = items.to_vec();
+                let first = rest.remove(i);
+                for mut tail in permutations(&rest) {
+                    tail.insert(0, first);
+                    all.push(tail);
+                }
+            }
+            all
+        }
+        // Holder replies: 0 ours, 1 gone, 2 newer holder, 3 failed, 4 no reply (settled).
+        let holder_reply = |kind: u8| match kind {
+            0 => holder(1, None),
+            1 => holder(0, None),
+            2 => holder(2, Some("abc:99")),
+            _ => failed(),
+        };
+        for servers in [3_usize, 5] {
+            let mut mixes = vec![vec![]];
+            for _ in 0..servers {
+                let mut next = Vec::new();
+                for m in mixes {
+                    // Multisets: each mix in non-decreasing order, its permutations below.
+                    for k in (0..5).filter(|&k| m.last().is_none_or(|&l| k >= l)) {
+                        let mut longer = m.clone();
+                        longer.push(k);
+                        next.push(longer);
+                    }
+                }
+                mixes = next;
+            }
+            for mix in &mixes {
+                let mut seen = None;
+                for order in permutations(mix) {
+                    let mut tally = HolderTally::new(servers, FencingToken::new(10));
+                    let mut outcome = None;
+                    for (server, &kind) in order.iter().enumerate() {
+                        if kind == 4 {
+                            continue;
+                        }
+                        if let Some(o) = tally.record(server, holder_reply(kind)) {
+                            outcome = Some(o);
+                            break;
+                        }
+                    }
+                    let outcome = outcome.unwrap_or_else(|| tally.settle());
+                    let got = class(&outcome);
+                    assert_eq!(
+                        *seen.get_or_insert(got),
+                        got,
+                        "{servers} servers, {order:?}"
+                    );
+                }
+            }
+            // Store rounds: 0 stored, 1 gone, 3 failed, 4 no reply, on the `asked` that granted.
+            for asked in majority(servers)..=servers {
+                for mix in mixes.iter().filter(|m| m.len() == servers) {
+                    let mix: Vec<u8> = mix
+                        .iter()
+                        .take(asked)
+                        .map(|&k| if k == 2 { 1 } else { k })
+                        .collect();
+                    let mut seen = None;
+                    for order in permutations(&mix) {
+                        let mut tally = StoreTally::new(servers, asked);
+                        let mut outcome = None;
+                        for (server, &kind) in order.iter().enumerate() {
+                            let reply = match kind {
+                                0 => Ok(Value::Int(1)),
+                                1 => Ok(Value::Int(0)),
+                                3 => failed(),
+                                _ => continue,
+                            };
+                            if let Some(o) = tally.record(server, reply) {
+                                outcome = Some(o);
+                                break;
+                            }
+                        }
+                        let outcome = outcome.unwrap_or_else(|| tally.settle());
+                        let got = class(&outcome);
+                        assert_eq!(*seen.get_or_insert(got), got, "store {order:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

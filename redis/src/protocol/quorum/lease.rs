@@ -26,8 +26,9 @@
 //! sent for an operation that is done. The clock is handed in as `now`, a function the machine
 //! calls only where a decision needs the time (`Instant::now` in the front ends, a fixed reading
 //! in the tests): before an acquisition's or a renewal's first request, from which its validity
-//! counts; when a grant or a quorum's renewal comes back, to tell whether it is still valid; and
-//! when a quorum's release round starts, which no validity bounds.
+//! counts; when a grant, a quorum's round of an acquisition, or a quorum's renewal comes back, to
+//! tell whether it is still valid (a round cut short by the validity is too late, not a failure);
+//! and when a quorum's release round starts, which no validity bounds.
 //!
 //! # The steps
 //!
@@ -383,6 +384,13 @@ impl Operation for Acquisition<'_> {
     }
 
     fn decided(self, outcome: AcquisitionRound, now: impl FnOnce() -> Instant) -> Step<Self> {
+        // A round that ended at (or after) the validity was cut short by it, not by the servers:
+        // whatever its tally says of the replies still missing, the grant came too late — which
+        // a waiter retries — not an unreachable majority.
+        let now = now();
+        if now >= self.valid_until {
+            return self.refused(Refusal::TooSlow);
+        }
         match outcome {
             AcquisitionRound::Claimed(claimed) => match claimed.into_store() {
                 Ok((token, granted)) => {
@@ -400,7 +408,7 @@ impl Operation for Acquisition<'_> {
                 Err(refusal) => self.refused(refusal),
             },
             AcquisitionRound::Stored(token, stored) => match stored.into_grant() {
-                Ok(()) => self.granted(token, now),
+                Ok(()) => self.granted(token, || now),
                 Err(refusal) => self.refused(refusal),
             },
         }
@@ -815,8 +823,9 @@ mod tests {
         assert_eq!(claim.valid_until, valid_until);
         let claimed = run(claim, vec![(2, claimed(100)), (0, claimed(250))]);
 
-        // Deciding to store reads no clock; the store round has the same deadline.
-        let (acquisition, store) = round(acquisition.decided(claimed, no_clock));
+        // Deciding to store reads the clock (a round cut short by the validity is too late); the
+        // store round has the same deadline.
+        let (acquisition, store) = round(acquisition.decided(claimed, || t0 + ms(1)));
         let token = FencingToken::new(251);
         assert_eq!(store.servers, Servers::Only(vec![2, 0]));
         assert!(same(&store.request, &protocol::store(&keys, &nonce, token)));
@@ -853,6 +862,15 @@ mod tests {
             assert!(same(release, &protocol::release_claims(&keys, &nonce, 3)));
         }
         (decision, release, nonce)
+    }
+
+    #[test]
+    fn a_quorum_round_cut_short_by_the_validity_is_too_late_not_unreachable() {
+        // Round 1 settled at the validity with one grant and the rest missing: counted as
+        // failures by the tally, but the attempt is too late (a waiter retries), not an error.
+        let (decision, release, _) = quorum_attempt(vec![(0, claimed(5))], vec![], TTL);
+        assert!(matches!(decision, Ok(Attempt::TooSlow)), "{decision:?}");
+        assert!(release.is_some());
     }
 
     #[test]
