@@ -9,7 +9,124 @@ mod support;
 use std::time::Duration;
 
 use fencelock_redis::{Error, LockServer};
-use support::{quick_builder, raw, RedisProcess};
+use support::{behaviour, quick_builder, raw, RedisProcess};
+
+/// The least a lock client needs, as the README gives it: its keys under the prefix, the
+/// commands it sends (`EVALSHA`, `EVAL`, `SCRIPT LOAD`, `PING`; `BLPOP`, `RPUSH`, `PEXPIRE` while
+/// waiting; `GET` for a fenced resource's highest token) and those its scripts run — nothing
+/// else. A fenced resource's own data keys and commands are the application's to add: here the
+/// test bodies' `stall-value`, `fenced-order-list` (`SET`, `RPUSH`).
+const MINIMAL_RULE: &[&str] = &[
+    "on",
+    ">secret",
+    "resetkeys",
+    "~fencelock:*",
+    "resetchannels",
+    "-@all",
+    "+ping",
+    "+evalsha",
+    "+eval",
+    "+script|load",
+    "+blpop",
+    "+rpush",
+    "+pexpire",
+    "+get",
+    "+set",
+    "+del",
+    "+exists",
+    "+pttl",
+    "+time",
+    "+zadd",
+    "+zrange",
+    "+zscore",
+    "+zrem",
+    "+zrank",
+];
+
+/// Adds the user `minimal` with [`MINIMAL_RULE`] (and the test bodies' data keys) on `redis`.
+fn add_minimal_user(redis: &RedisProcess) {
+    let mut con = raw(redis);
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("minimal")
+        .arg(MINIMAL_RULE)
+        .arg("~stall-value")
+        .arg("~fenced-order-list")
+        .query(&mut con)
+        .unwrap();
+}
+
+/// The lock's whole contract on one server and on a quorum of 3, as a user with exactly the
+/// minimal rule; and a key outside it is refused (`NOPERM`) — with nothing run.
+#[test]
+fn the_contract_holds_for_a_user_with_the_minimal_rule() {
+    let servers: Vec<RedisProcess> = (0..3).map(|_| RedisProcess::start()).collect();
+    servers.iter().for_each(add_minimal_user);
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| url_as(s, "minimal", "secret"))
+        .collect();
+    let first = urls[0].clone();
+    let one = move || quick_builder().open(&first).unwrap();
+    let all = urls.clone();
+    let quorum = move || {
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        quick_builder().quorum(&refs).unwrap()
+    };
+    for (locks, reopen) in [
+        (
+            one(),
+            Box::new(one.clone()) as Box<dyn Fn() -> LockServer + Sync>,
+        ),
+        (
+            quorum(),
+            Box::new(quorum) as Box<dyn Fn() -> LockServer + Sync>,
+        ),
+    ] {
+        let setup = behaviour::Setup {
+            locks,
+            data: one(),
+            reopen,
+        };
+        behaviour::one_holder_at_a_time(&setup);
+        behaviour::tokens_strictly_increase(&setup);
+        behaviour::stalled_holder_is_taken_over_and_refused(&setup);
+        behaviour::renew_keeps_others_out(&setup);
+        behaviour::acquire_timeout_picks_up_a_release(&setup);
+        behaviour::acquire_timeout_gives_up_on_time(&setup);
+        behaviour::threads_never_overlap_and_tokens_follow_grants(&setup);
+        behaviour::fenced_admits_in_token_order(&setup);
+        // Server-side state is shared between the two setups: start the next from scratch.
+        for server in &servers {
+            let () = redis::cmd("FLUSHALL").query(&mut raw(server)).unwrap();
+        }
+    }
+    // A fenced write to a key outside the rule: NOPERM, and the refused command did not run.
+    let ledger = one().fenced("outside").unwrap();
+    let lease = one()
+        .lock("outside")
+        .unwrap()
+        .try_acquire(TTL)
+        .unwrap()
+        .unwrap();
+    let mut write = redis::pipe();
+    write.cmd("SET").arg("not-allowed").arg(1);
+    match ledger.write(lease.token(), &write) {
+        Err(Error::Redis(e)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("NOPERM") || text.contains("can't access"),
+                "{text}"
+            );
+        }
+        other => panic!("expected NOPERM, got {other:?}"),
+    }
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("not-allowed")
+        .query(&mut raw(&servers[0]))
+        .unwrap();
+    assert!(!exists, "the refused command did not run");
+}
 
 const TTL: Duration = Duration::from_secs(10);
 
