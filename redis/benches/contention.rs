@@ -14,6 +14,7 @@
 #[path = "../tests/support/server.rs"]
 mod server;
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -80,9 +81,7 @@ fn run(urls: &[String], clients: usize, hold: Duration, seconds: Duration) -> Ru
                         .expect("the lock within 30 s");
                     waits.push(asked.elapsed());
                     count += 1;
-                    if !hold.is_zero() {
-                        thread::sleep(hold);
-                    }
+                    hold_for(hold);
                     lease.release().expect("released while held");
                 }
                 (count, waits)
@@ -112,39 +111,26 @@ fn run(urls: &[String], clients: usize, hold: Duration, seconds: Duration) -> Ru
 /// Throughput of the ring over the single thread's, same server, same hold.
 fn raw_hand_off_floor(url: &str, clients: usize, hold: Duration, seconds: Duration) -> f64 {
     let client = redis::Client::open(url).expect("a client");
-    let one = || -> f64 {
+    let single = {
         let mut con = client.get_connection().expect("a connection");
-        let end = Instant::now() + seconds;
         let began = Instant::now();
-        let mut n = 0_u64;
-        while Instant::now() < end {
-            let () = redis::cmd("EVAL")
-                .arg("return 1")
-                .arg(0)
-                .query::<i64>(&mut con)
-                .map(drop)
-                .unwrap();
-            if !hold.is_zero() {
-                thread::sleep(hold);
-            }
-            let () = redis::cmd("EVAL")
-                .arg("return 1")
-                .arg(0)
-                .query::<i64>(&mut con)
-                .map(drop)
-                .unwrap();
-            n += 1;
+        let mut pairs = 0_u64;
+        while began.elapsed() < seconds {
+            eval_one(&mut con);
+            hold_for(hold);
+            eval_one(&mut con);
+            pairs += 1;
         }
-        n as f64 / began.elapsed().as_secs_f64()
+        pairs as f64 / began.elapsed().as_secs_f64()
     };
-    let single = one();
     let key = move |i: usize| format!("floor:{{ring}}:{}", i % clients);
     let mut con = client.get_connection().expect("a connection");
-    let () = redis::cmd("DEL")
-        .arg((0..clients).map(key).collect::<Vec<_>>())
-        .query(&mut con)
-        .unwrap();
-    let passes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let keys: Vec<String> = (0..clients).map(key).collect();
+    redis::cmd("DEL")
+        .arg(keys)
+        .query::<()>(&mut con)
+        .expect("DEL");
+    let passes = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + seconds;
     let began = Instant::now();
     let ring: Vec<_> = (0..clients)
@@ -157,42 +143,48 @@ fn raw_hand_off_floor(url: &str, clients: usize, hold: Duration, seconds: Durati
                         .arg(key(i))
                         .arg(0.2)
                         .query(&mut con)
-                        .unwrap();
+                        .expect("BLPOP");
                     if got.is_none() {
                         continue;
                     }
-                    let () = redis::cmd("EVAL")
-                        .arg("return 1")
-                        .arg(0)
-                        .query::<i64>(&mut con)
-                        .map(drop)
-                        .unwrap();
-                    if !hold.is_zero() {
-                        thread::sleep(hold);
-                    }
-                    passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let () = redis::cmd("RPUSH")
-                        .arg(key(i + 1))
-                        .arg(1)
-                        .query::<i64>(&mut con)
-                        .map(drop)
-                        .unwrap();
+                    eval_one(&mut con); // the waiter confirms
+                    hold_for(hold);
+                    // Relaxed: a count read after every thread was joined.
+                    passes.fetch_add(1, Relaxed);
+                    push(&mut con, &key(i + 1)); // the release hands over
                 }
             })
         })
         .collect();
-    let () = redis::cmd("RPUSH")
-        .arg(key(0))
-        .arg(1)
-        .query::<i64>(&mut con)
-        .map(drop)
-        .unwrap();
-    for t in ring {
-        t.join().expect("a ring thread");
+    push(&mut con, &key(0));
+    for thread in ring {
+        thread.join().expect("a ring thread");
     }
-    let ring =
-        passes.load(std::sync::atomic::Ordering::Relaxed) as f64 / began.elapsed().as_secs_f64();
+    let ring = passes.load(Relaxed) as f64 / began.elapsed().as_secs_f64();
     ring / single
+}
+
+/// One raw round trip: the cheapest script call.
+fn eval_one(con: &mut redis::Connection) {
+    redis::cmd("EVAL")
+        .arg("return 1")
+        .arg(0)
+        .query::<i64>(con)
+        .expect("EVAL return 1");
+}
+
+fn push(con: &mut redis::Connection, key: &str) {
+    redis::cmd("RPUSH")
+        .arg(key)
+        .arg(1)
+        .query::<i64>(con)
+        .expect("RPUSH");
+}
+
+fn hold_for(hold: Duration) {
+    if !hold.is_zero() {
+        thread::sleep(hold);
+    }
 }
 
 fn ms(d: Duration) -> String {

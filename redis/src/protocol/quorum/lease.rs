@@ -252,16 +252,35 @@ impl<'k> Acquisition<'k> {
         now: impl FnOnce() -> Instant,
     ) -> Result<Self, Error> {
         let ttl_ms = protocol::ttl_millis(ttl)?;
-        let nonce = Nonce::new();
-        Ok(Self {
+        Ok(Self::of(
+            servers,
+            keys,
+            ttl,
+            ttl_ms,
+            Nonce::new(),
+            None,
+            now(),
+        ))
+    }
+
+    fn of(
+        servers: usize,
+        keys: &'k LockKeys,
+        ttl: Duration,
+        ttl_ms: u64,
+        nonce: Nonce,
+        waiter: Option<(String, u64)>,
+        now: Instant,
+    ) -> Self {
+        Self {
             servers,
             keys,
             nonce,
             ttl,
             ttl_ms,
-            valid_until: protocol::valid_until(now(), ttl),
-            waiter: None,
-        })
+            valid_until: protocol::valid_until(now, ttl),
+            waiter,
+        }
     }
 
     /// An attempt of a quorum's waiter `nonce` (the same nonce for all its attempts: a claim
@@ -279,15 +298,15 @@ impl<'k> Acquisition<'k> {
         now: Instant,
     ) -> Result<Self, Error> {
         let ttl_ms = protocol::ttl_millis(ttl)?;
-        Ok(Self {
+        Ok(Self::of(
             servers,
             keys,
-            nonce,
             ttl,
             ttl_ms,
-            valid_until: protocol::valid_until(now, ttl),
-            waiter: Some(waiter),
-        })
+            nonce,
+            Some(waiter),
+            now,
+        ))
     }
 
     /// What releases whatever this attempt may have claimed, on each server (for a front end
