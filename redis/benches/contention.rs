@@ -187,6 +187,31 @@ fn hold_for(hold: Duration) {
     }
 }
 
+/// The server's own time per uncontended acquire + release (`INFO commandstats`, the scripts'
+/// `EVALSHA`s over `pairs` pairs): what queueing adds when nobody waits.
+fn server_time_per_pair(url: &str, pairs: u32) -> Duration {
+    let lock = LockServer::open(url).unwrap().lock("uncontended").unwrap();
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query::<()>(&mut con)
+        .unwrap();
+    for _ in 0..pairs {
+        lock.try_acquire(TTL).unwrap().unwrap().release().unwrap();
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut con)
+        .unwrap();
+    let usec: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split(',').find_map(|p| p.strip_prefix("usec=")))
+        .and_then(|n| n.parse().ok())
+        .expect("cmdstat_evalsha usec");
+    Duration::from_secs_f64(usec / 1e6 / f64::from(pairs))
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -270,6 +295,12 @@ fn main() {
         }
     }
     if only("one") {
+        println!();
+        let per_pair = server_time_per_pair(&one[0].url(), 20_000);
+        println!(
+            "uncontended: the server's time per acquire + release, 20 000 pairs: {:.2} µs",
+            per_pair.as_secs_f64() * 1e6
+        );
         println!();
         println!("the floor of a hand-off to a woken waiter that confirms it, raw round trips (see raw_hand_off_floor):");
         for k in [8, 32] {
