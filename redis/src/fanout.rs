@@ -1,7 +1,8 @@
 //! The blocking front end's way of asking every server of a quorum at once, on the caller's
 //! thread: one non-blocking socket per server, each request written to all of them, then the
-//! replies read as they arrive and fed to the round's [`Tally`] until it decides — no worker
-//! threads, no hand-offs.
+//! replies read as the OS reports them readable (epoll, through `mio`) and fed to the round's
+//! [`Tally`] until it decides or the round's deadline passes — no worker threads, no hand-offs,
+//! no polling loop: the caller sleeps in the kernel until a reply or the deadline.
 //!
 //! A server that has not answered when the round is decided keeps its socket: the socket goes
 //! back to the server's pool with one reply to discard, which the next round on it skips (it
@@ -12,10 +13,11 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::thread;
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
 use redis::{ConnectionAddr, ConnectionInfo, Value};
 
 use crate::error::{Error, InvalidInput};
@@ -36,10 +38,6 @@ const MAX_IDLE_SOCKETS: usize = 64;
 /// a connection that opens.
 const COOL_DOWN: Duration = Duration::from_millis(250);
 const MAX_COOL_DOWN: Duration = Duration::from_secs(8);
-/// Reads of all sockets between yields before the poll loop starts to sleep.
-const SPIN_READS: u32 = 64;
-/// The longest sleep between two reads of the sockets.
-const MAX_NAP: Duration = Duration::from_millis(1);
 
 /// One server's sockets for the quorum rounds.
 pub(crate) struct Sockets {
@@ -52,9 +50,15 @@ pub(crate) struct Sockets {
     /// skipped; a refused one shows as the request's own error).
     scripts: (Vec<u8>, usize),
     connect_timeout: Duration,
+    /// A socket that owes replies and has received nothing for this long is dead (a peer gone
+    /// without FIN or RST): it is dropped, not reused.
+    io_timeout: Duration,
     idle: Mutex<Vec<Socket>>,
     /// Until when the server is skipped after a timed-out connection, and the next cool-down.
     skip_until: Mutex<(Option<Instant>, Duration)>,
+    /// Since when connections to it have been started and none has opened (rounds decided
+    /// before a connect completed abandon it; past the connect timeout the server cools down).
+    connecting_since: Mutex<Option<Instant>>,
 }
 
 /// A non-blocking connection to one server.
@@ -64,10 +68,45 @@ struct Socket {
     buf: Vec<u8>,
     /// Replies still to come for requests nobody waits for any more, to be discarded.
     discard: usize,
+    /// Since when it has owed replies without receiving a byte (`None`: it owes nothing, or
+    /// something arrived since).
+    owed_since: Option<Instant>,
+    /// The server closed it: the replies already read are still good, nothing more will come.
+    closed: bool,
+}
+
+impl Socket {
+    fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            buf: Vec::with_capacity(256),
+            discard: 0,
+            owed_since: None,
+            closed: false,
+        }
+    }
+
+    /// One more reply to skip: nobody waits for it any more.
+    fn owe(&mut self, now: Instant) {
+        self.discard += 1;
+        self.owed_since.get_or_insert(now);
+    }
+
+    /// Owes replies and has heard nothing for `timeout`: the server (or the path to it) is gone.
+    fn stalled(&self, now: Instant, timeout: Duration) -> bool {
+        self.discard > 0
+            && self
+                .owed_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= timeout)
+    }
 }
 
 impl Sockets {
-    pub(crate) fn new(info: &ConnectionInfo, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        info: &ConnectionInfo,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+    ) -> Self {
         let target = match info.addr() {
             ConnectionAddr::Tcp(host, port) => (host.as_str(), *port)
                 .to_socket_addrs()
@@ -95,8 +134,10 @@ impl Sockets {
             login: (login.get_packed_pipeline(), login.len()),
             scripts: (scripts.get_packed_pipeline(), scripts.len()),
             connect_timeout,
+            io_timeout,
             idle: Mutex::new(Vec::new()),
             skip_until: Mutex::new((None, COOL_DOWN)),
+            connecting_since: Mutex::new(None),
         }
     }
 
@@ -111,50 +152,131 @@ impl Sockets {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A pooled socket (with whether it was reused), or a new one. A server that has left too
-    /// many requests unanswered on its socket is not sent another: it counts as failed at once
-    /// (and no new connection piles onto a server that stopped answering).
-    fn take(&self, limit: usize) -> Result<(Socket, bool), Error> {
-        // (The pool's lock is released before the socket is looked at.)
-        let pooled = self.idle().pop();
-        if let Some(mut socket) = pooled {
-            if socket.discard >= limit {
-                if drain(&mut socket).is_err() {
-                    return self.take(limit);
-                }
-                if socket.discard >= limit {
-                    self.give_back(socket);
-                    return Err(unreachable("not answering: too many requests unanswered"));
-                }
+    /// A pooled socket to send a request on, if there is one.
+    ///
+    /// Pooled sockets are looked at newest first. One that broke or that owes replies and has
+    /// heard nothing for the I/O timeout (a server gone without FIN or RST) is dropped. One that
+    /// owes `limit` replies or more is busy: it goes under the others and the next is looked at;
+    /// if every pooled socket is busy, the server has stopped answering or fallen far behind,
+    /// and it is not sent another request — it counts as failed at once (and no new connection
+    /// piles onto it).
+    fn take_pooled(&self, limit: usize) -> Result<Option<Socket>, Error> {
+        let now = Instant::now();
+        let mut busy = Vec::new();
+        let found = loop {
+            // (The pool's lock is released before the socket is looked at.)
+            let pooled = self.idle().pop();
+            let Some(mut socket) = pooled else {
+                break None;
+            };
+            if drain(&mut socket).is_err() || socket.closed {
+                continue;
             }
-            return Ok((socket, true));
+            if socket.stalled(now, self.io_timeout) {
+                continue;
+            }
+            if socket.discard >= limit {
+                busy.push(socket);
+                continue;
+            }
+            break Some(socket);
+        };
+        let had_busy = !busy.is_empty();
+        if had_busy {
+            let mut idle = self.idle();
+            for socket in busy.into_iter().rev() {
+                idle.insert(0, socket);
+            }
         }
-        if self
-            .skip_until()
+        match found {
+            Some(socket) => Ok(Some(socket)),
+            None if had_busy => Err(unreachable("not answering: too many requests unanswered")),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the server is skipped for a moment after connections to it timed out.
+    fn cooling_down(&self) -> bool {
+        self.skip_until()
             .0
             .is_some_and(|until| Instant::now() < until)
-        {
+    }
+
+    /// A pooled socket (with whether it was reused), or a new one opened here, blocking for the
+    /// connect timeout at most (for requests sent without waiting: cleanup).
+    fn take(&self, limit: usize) -> Result<(Socket, bool), Error> {
+        if let Some(socket) = self.take_pooled(limit)? {
+            return Ok((socket, true));
+        }
+        if self.cooling_down() || self.connecting_since().is_some() {
             return Err(unreachable(
                 "skipped for a moment after a failed connection",
             ));
         }
         let opened = self.connect();
-        let mut skip = self.skip_until();
         match &opened {
-            Ok(_) => *skip = (None, COOL_DOWN),
-            // A refused connection is an instant answer; one that timed out cost the caller its
-            // connect timeout, and would again: skip this server for a while, longer each time.
-            Err(Error::Redis(e)) if e.is_timeout() => {
-                let cool_down = skip.1;
-                *skip = (
-                    Some(Instant::now() + cool_down),
-                    (cool_down * 2).min(MAX_COOL_DOWN),
-                );
-            }
+            Ok(_) => self.opened(),
+            Err(Error::Redis(e)) if e.is_timeout() => self.timed_out(),
             Err(_) => {}
         }
-        drop(skip);
         opened.map(|socket| (socket, false))
+    }
+
+    fn connecting_since(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.connecting_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection opened: no cool-down, nothing pending.
+    fn opened(&self) {
+        *self.skip_until() = (None, COOL_DOWN);
+        *self.connecting_since() = None;
+    }
+
+    /// A connection timed out — it cost a caller its connect timeout, and would again: the
+    /// server is skipped for a while, longer each time. (A refused connection is an instant
+    /// answer and changes nothing.)
+    fn timed_out(&self) {
+        let mut skip = self.skip_until();
+        let cool_down = skip.1;
+        *skip = (
+            Some(Instant::now() + cool_down),
+            cool_down.saturating_mul(2).min(MAX_COOL_DOWN),
+        );
+        *self.connecting_since() = None;
+    }
+
+    /// Starts a connection without waiting for it (the round waits on the OS for it, beside the
+    /// other servers' replies). To the first address of the server.
+    fn start_connect(&self) -> Result<Socket, Error> {
+        if self.cooling_down() {
+            return Err(unreachable(
+                "skipped for a moment after a failed connection",
+            ));
+        }
+        let addr = self
+            .target
+            .as_ref()
+            .map_err(|e| Error::InvalidInput(e.clone()))?
+            .first()
+            .copied()
+            .ok_or_else(|| unreachable("no address"))?;
+        let tcp: TcpStream = mio::net::TcpStream::connect(addr)
+            .map_err(|e| Error::Redis(e.into()))?
+            .into();
+        tcp.set_nodelay(true).map_err(|e| Error::Redis(e.into()))?;
+        self.connecting_since().get_or_insert_with(Instant::now);
+        Ok(Socket::new(tcp))
+    }
+
+    /// A connect started by a round was left behind when the round was decided: if connects to
+    /// this server have been pending for the connect timeout, it counts as timed out.
+    fn abandoned(&self) {
+        let pending = *self.connecting_since();
+        if pending.is_some_and(|since| since.elapsed() >= self.connect_timeout) {
+            self.timed_out();
+        }
     }
 
     #[cold]
@@ -196,11 +318,7 @@ impl Sockets {
         tcp.set_read_timeout(Some(self.connect_timeout))
             .map_err(io)?;
         tcp.write_all(&self.login.0).map_err(io)?;
-        let mut socket = Socket {
-            tcp,
-            buf: Vec::with_capacity(256),
-            discard: 0,
-        };
+        let mut socket = Socket::new(tcp);
         let mut chunk = [0_u8; 4096];
         for _ in 0..self.login.1 {
             let len = loop {
@@ -225,12 +343,18 @@ impl Sockets {
             }
         }
         socket.tcp.write_all(&self.scripts.0).map_err(io)?;
-        socket.discard = self.scripts.1;
+        let now = Instant::now();
+        for _ in 0..self.scripts.1 {
+            socket.owe(now);
+        }
         socket.tcp.set_nonblocking(true).map_err(io)?;
         Ok(socket)
     }
 
     fn give_back(&self, socket: Socket) {
+        if socket.closed {
+            return;
+        }
         let mut idle = self.idle();
         if idle.len() < MAX_IDLE_SOCKETS {
             // Last in, first out: a thread's next request goes out on the socket of its last
@@ -241,20 +365,119 @@ impl Sockets {
     }
 }
 
+/// Where a request's socket is in its setup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// A new connection's TCP connect is in progress, since then.
+    Connecting(Instant),
+    /// Connected: this many replies of the login (`AUTH`, `SELECT`) still to check.
+    LoggingIn(usize),
+    /// The request is sent.
+    Sent,
+}
+
 /// A request in flight on one server's socket.
 struct InFlight<'a> {
     server: usize,
     sockets: &'a Sockets,
     socket: Socket,
     request: Request,
+    phase: Phase,
     reused: bool,
     /// Sent again already: after a stale socket, or as `EVAL` after `NOSCRIPT`.
     resent: bool,
+    /// Its socket was replaced by a new one during the round (to be watched again).
+    replaced: bool,
+}
+
+impl<'a> InFlight<'a> {
+    /// `request` to `server`: on a pooled socket at once, or on a new connection once it opened
+    /// and logged in — the round waits for that beside the other servers' replies.
+    fn start(sockets: &'a Sockets, server: usize, request: Request) -> Result<Self, Error> {
+        let (socket, phase, reused) = match sockets.take_pooled(unanswered_limit(&request))? {
+            Some(socket) => (socket, Phase::Sent, true),
+            None => {
+                let socket = sockets.start_connect()?;
+                (socket, Phase::Connecting(Instant::now()), false)
+            }
+        };
+        let mut flight = Self {
+            server,
+            sockets,
+            socket,
+            request,
+            phase,
+            reused,
+            resent: false,
+            replaced: false,
+        };
+        if flight.phase == Phase::Sent {
+            if let Err(error) = write(
+                &mut flight.socket,
+                &flight.request.evalsha().get_packed_command(),
+            ) {
+                // The pooled socket went stale (the server restarted): one new socket, once.
+                flight.reconnect(error)?;
+            }
+        }
+        Ok(flight)
+    }
+
+    /// Connected: logs in (the round waits for the replies when there are any), or sends.
+    fn connected(&mut self) -> Result<(), Error> {
+        self.sockets.opened();
+        let login = &self.sockets.login;
+        if login.1 == 0 {
+            return self.send();
+        }
+        write(&mut self.socket, &login.0)?;
+        self.phase = Phase::LoggingIn(login.1);
+        Ok(())
+    }
+
+    /// Logged in: the scripts' loads (their replies skipped), then the request.
+    fn send(&mut self) -> Result<(), Error> {
+        let scripts = &self.sockets.scripts;
+        write(&mut self.socket, &scripts.0)?;
+        let now = Instant::now();
+        for _ in 0..scripts.1 {
+            self.socket.owe(now);
+        }
+        write(
+            &mut self.socket,
+            &self.request.evalsha().get_packed_command(),
+        )?;
+        self.phase = Phase::Sent;
+        Ok(())
+    }
+
+    /// A reused socket that turned out closed before any reply: the server restarted since.
+    /// Every quorum request is idempotent for its nonce, so it is sent once more, on a new
+    /// connection, without waiting for it here.
+    fn reconnect(&mut self, error: Error) -> Result<(), Error> {
+        if !self.reused || self.resent {
+            return Err(error);
+        }
+        self.resent = true;
+        self.socket = self.sockets.start_connect()?;
+        self.phase = Phase::Connecting(Instant::now());
+        self.replaced = true;
+        Ok(())
+    }
+
+    /// When a connect in progress gives up, if one is.
+    fn connect_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Connecting(since) => Some(since + self.sockets.connect_timeout),
+            _ => None,
+        }
+    }
 }
 
 /// Sends `request(server)` to every server in `targets` at once and feeds the replies to
 /// `tally` until it decides, or until `deadline`, when every server that has not answered
-/// counts as failed.
+/// counts as failed. Servers that need a new connection are connected to without blocking the
+/// others: a server that does not accept (blackholed) costs the round nothing but its vote.
 pub(crate) fn round<T: Tally>(
     sockets: &[Sockets],
     targets: impl IntoIterator<Item = usize>,
@@ -264,8 +487,7 @@ pub(crate) fn round<T: Tally>(
 ) -> T::Outcome {
     let mut flying: Vec<InFlight<'_>> = Vec::with_capacity(sockets.len());
     for server in targets {
-        let request = request(server);
-        match send(&sockets[server], server, request) {
+        match InFlight::start(&sockets[server], server, request(server)) {
             Ok(in_flight) => flying.push(in_flight),
             Err(error) => {
                 if let Some(outcome) = tally.record(server, Err(error)) {
@@ -274,8 +496,11 @@ pub(crate) fn round<T: Tally>(
             }
         }
     }
-    let mut reads = 0_u32;
-    let mut nap = Duration::from_micros(20);
+    // Readiness from the OS: each socket still waited on is registered under its server's
+    // index. Without a poller (no file descriptor left, say) the round can only settle.
+    let Ok(mut readiness) = Readiness::new(&flying) else {
+        return finish(flying, tally.settle());
+    };
     while !flying.is_empty() {
         let mut i = 0;
         while i < flying.len() {
@@ -283,6 +508,7 @@ pub(crate) fn round<T: Tally>(
                 Ok(None) => i += 1,
                 Ok(Some(reply)) => {
                     let done = flying.swap_remove(i);
+                    readiness.forget(&done);
                     done.sockets.give_back(done.socket);
                     if let Some(outcome) = tally.record(done.server, Ok(reply)) {
                         return finish(flying, outcome);
@@ -290,6 +516,7 @@ pub(crate) fn round<T: Tally>(
                 }
                 Err(error) => {
                     let failed = flying.swap_remove(i);
+                    readiness.forget(&failed);
                     if let Some(outcome) = tally.record(failed.server, Err(error)) {
                         return finish(flying, outcome);
                     }
@@ -300,13 +527,15 @@ pub(crate) fn round<T: Tally>(
         if now >= deadline || flying.is_empty() {
             break;
         }
-        // Loopback replies take tens of microseconds: look again soon, then back off.
-        reads += 1;
-        if reads < SPIN_READS {
-            thread::yield_now();
-        } else {
-            thread::sleep(nap.min(deadline - now));
-            nap = (nap * 2).min(MAX_NAP);
+        // Sleeps in the kernel until a socket has bytes, connected, or closed — or until the
+        // deadline, or a connect's own timeout.
+        let until = flying
+            .iter()
+            .filter_map(InFlight::connect_deadline)
+            .fold(deadline, Instant::min);
+        let timeout = until.saturating_duration_since(now);
+        if readiness.wait(&mut flying, timeout).is_err() {
+            break;
         }
     }
     let outcome = tally.settle();
@@ -314,7 +543,9 @@ pub(crate) fn round<T: Tally>(
 }
 
 /// Sends `request` to every server without waiting for the replies (best-effort cleanup). As
-/// `EVAL`, with the script's source: nobody will read a `NOSCRIPT` to send it again.
+/// `EVAL`, with the script's source: nobody will read a `NOSCRIPT` to send it again. A server
+/// with no pooled socket is connected to (blocking, for its connect timeout at most) only if
+/// no connection to it is known to be failing or pending.
 pub(crate) fn send_and_forget(sockets: &[Sockets], request: impl Fn(usize) -> Request) {
     for (server, node) in sockets.iter().enumerate() {
         let request = request(server);
@@ -322,17 +553,76 @@ pub(crate) fn send_and_forget(sockets: &[Sockets], request: impl Fn(usize) -> Re
             continue;
         };
         if write(&mut socket, &request.eval().get_packed_command()).is_ok() {
-            socket.discard += 1;
+            socket.owe(Instant::now());
             node.give_back(socket);
         }
     }
 }
 
-/// The round is decided: sockets still waiting go back with one more reply to discard.
+/// The OS's readiness for a round's sockets (epoll on Linux, through `mio`).
+struct Readiness {
+    poll: mio::Poll,
+    events: mio::Events,
+}
+
+impl Readiness {
+    fn new(flying: &[InFlight<'_>]) -> std::io::Result<Self> {
+        let poll = mio::Poll::new()?;
+        let readiness = Self {
+            poll,
+            events: mio::Events::with_capacity(flying.len().max(1)),
+        };
+        for flight in flying {
+            readiness.watch(flight)?;
+        }
+        Ok(readiness)
+    }
+
+    /// Watches a flight's socket: readable (a reply, or a close), and writable (a connect done).
+    fn watch(&self, flight: &InFlight<'_>) -> std::io::Result<()> {
+        let fd = flight.socket.tcp.as_raw_fd();
+        self.poll.registry().register(
+            &mut SourceFd(&fd),
+            mio::Token(flight.server),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )
+    }
+
+    /// A flight is over: its socket is no longer watched (it may go back to the pool, or close).
+    fn forget(&self, flight: &InFlight<'_>) {
+        let fd = flight.socket.tcp.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+    }
+
+    /// Waits until a socket of `flying` is ready, or `timeout`. A socket replaced meanwhile (a
+    /// resend on a new connection) is watched first.
+    fn wait(&mut self, flying: &mut [InFlight<'_>], timeout: Duration) -> std::io::Result<()> {
+        for flight in flying.iter_mut().filter(|f| f.replaced) {
+            // The new descriptor; the old one left epoll when its socket closed.
+            flight.replaced = false;
+            self.watch(flight)?;
+        }
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// The round is decided: sockets whose request went out go back with one more reply to
+/// discard; connections still opening are dropped (and counted against the server if its
+/// connects have been pending for the connect timeout).
 fn finish<O>(flying: Vec<InFlight<'_>>, outcome: O) -> O {
+    let now = Instant::now();
     for mut pending in flying {
-        pending.socket.discard += 1;
-        pending.sockets.give_back(pending.socket);
+        match pending.phase {
+            Phase::Sent => {
+                pending.socket.owe(now);
+                pending.sockets.give_back(pending.socket);
+            }
+            Phase::Connecting(_) => pending.sockets.abandoned(),
+            Phase::LoggingIn(_) => {}
+        }
     }
     outcome
 }
@@ -344,35 +634,6 @@ fn unanswered_limit(request: &Request) -> usize {
     } else {
         MAX_UNANSWERED
     }
-}
-
-fn send(sockets: &Sockets, server: usize, request: Request) -> Result<InFlight<'_>, Error> {
-    let (mut socket, reused) = sockets.take(unanswered_limit(&request))?;
-    match write(&mut socket, &request.evalsha().get_packed_command()) {
-        Ok(()) => {}
-        Err(_) if reused => {
-            // The pooled socket went stale (the server restarted): one new socket, once.
-            socket = sockets.connect()?;
-            write(&mut socket, &request.evalsha().get_packed_command())?;
-            return Ok(InFlight {
-                server,
-                sockets,
-                socket,
-                request,
-                reused: false,
-                resent: true,
-            });
-        }
-        Err(e) => return Err(e),
-    }
-    Ok(InFlight {
-        server,
-        sockets,
-        socket,
-        request,
-        reused,
-        resent: false,
-    })
 }
 
 fn write(socket: &mut Socket, bytes: &[u8]) -> Result<(), Error> {
@@ -392,7 +653,7 @@ fn drain(socket: &mut Socket) -> Result<(), Error> {
         match resp::value_len(&socket.buf) {
             Ok(Some(len)) => {
                 socket.buf.drain(..len);
-                socket.discard -= 1;
+                skipped(socket);
             }
             Ok(None) => break,
             Err(()) => return Err(unreachable("the server sent bytes that are not RESP2")),
@@ -401,12 +662,22 @@ fn drain(socket: &mut Socket) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reads whatever has arrived on the socket, without blocking.
+/// One owed reply arrived and was skipped: the socket is heard from.
+fn skipped(socket: &mut Socket) {
+    socket.discard -= 1;
+    socket.owed_since = (socket.discard > 0).then(Instant::now);
+}
+
+/// Reads whatever has arrived on the socket, without blocking. A socket the server closed keeps
+/// what was read before the close (a complete reply is still good): see [`Socket::closed`].
 fn fill(socket: &mut Socket) -> Result<(), Error> {
     let mut chunk = [0_u8; 4096];
     loop {
         match socket.tcp.read(&mut chunk) {
-            Ok(0) => return Err(unreachable("the server closed the connection")),
+            Ok(0) => {
+                socket.closed = true;
+                return Ok(());
+            }
             Ok(n) => socket.buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -415,22 +686,87 @@ fn fill(socket: &mut Socket) -> Result<(), Error> {
     }
 }
 
-/// Reads what has arrived; `Some` once this request's reply is complete.
+/// Whether a connect in progress has finished: `Ok(false)` while it has not; the error if it
+/// failed (refused, unreachable).
+fn connect_done(tcp: &TcpStream) -> Result<bool, Error> {
+    if let Some(error) = tcp.take_error().map_err(|e| Error::Redis(e.into()))? {
+        return Err(Error::Redis(error.into()));
+    }
+    match tcp.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(Error::Redis(e.into())),
+    }
+}
+
+/// Moves a flight on with what has arrived: its connect, its login's replies, its reply.
+/// `Some` once the request's reply is complete — even if the server closed the connection
+/// right after sending it.
 fn poll(flight: &mut InFlight<'_>) -> Result<Option<Value>, Error> {
+    loop {
+        match flight.phase {
+            Phase::Connecting(since) => match connect_done(&flight.socket.tcp) {
+                Ok(true) => flight.connected()?,
+                Ok(false) if since.elapsed() < flight.sockets.connect_timeout => return Ok(None),
+                Ok(false) => {
+                    flight.sockets.timed_out();
+                    return Err(unreachable(
+                        "the connection did not open within the timeout",
+                    ));
+                }
+                Err(error) => {
+                    *flight.sockets.connecting_since() = None;
+                    return Err(error);
+                }
+            },
+            Phase::LoggingIn(left) => {
+                fill(&mut flight.socket)?;
+                let socket = &mut flight.socket;
+                let len = match resp::value_len(&socket.buf) {
+                    Ok(Some(len)) => len,
+                    Ok(None) if socket.closed => {
+                        return Err(unreachable("the server closed the connection"))
+                    }
+                    Ok(None) => return Ok(None),
+                    Err(()) => return Err(unreachable("the server sent bytes that are not RESP2")),
+                };
+                let reply = redis::parse_redis_value(&socket.buf[..len]);
+                socket.buf.drain(..len);
+                match reply {
+                    // A refused login fails the request before it is sent: nothing runs as the
+                    // server's default user.
+                    Ok(Value::ServerError(error)) => return Err(Error::Redis(error.into())),
+                    Ok(_) if left > 1 => flight.phase = Phase::LoggingIn(left - 1),
+                    Ok(_) => flight.send()?,
+                    Err(error) => return Err(Error::Redis(error)),
+                }
+            }
+            Phase::Sent => return poll_reply(flight),
+        }
+    }
+}
+
+/// Reads what has arrived for a sent request; `Some` once its reply is complete.
+fn poll_reply(flight: &mut InFlight<'_>) -> Result<Option<Value>, Error> {
     if let Err(error) = fill(&mut flight.socket) {
-        return reconnect_or_fail(flight, error);
+        flight.reconnect(error)?;
+        return Ok(None);
     }
     loop {
         let socket = &mut flight.socket;
         let len = match resp::value_len(&socket.buf) {
             Ok(Some(len)) => len,
+            Ok(None) if socket.closed => {
+                flight.reconnect(unreachable("the server closed the connection"))?;
+                return Ok(None);
+            }
             Ok(None) => return Ok(None),
             Err(()) => return Err(unreachable("the server sent bytes that are not RESP2")),
         };
         let value = redis::parse_redis_value(&socket.buf[..len]);
         socket.buf.drain(..len);
         if socket.discard > 0 {
-            socket.discard -= 1;
+            skipped(socket);
             continue;
         }
         return match value {
@@ -448,21 +784,6 @@ fn poll(flight: &mut InFlight<'_>) -> Result<Option<Value>, Error> {
             Err(error) => Err(Error::Redis(error)),
         };
     }
-}
-
-/// A reused socket that turned out closed before any reply: the server restarted since. Every
-/// quorum request is idempotent for its nonce, so it is sent once more on a new socket.
-fn reconnect_or_fail(flight: &mut InFlight<'_>, error: Error) -> Result<Option<Value>, Error> {
-    if !flight.reused || flight.resent {
-        return Err(error);
-    }
-    flight.resent = true;
-    flight.socket = flight.sockets.connect()?;
-    write(
-        &mut flight.socket,
-        &flight.request.evalsha().get_packed_command(),
-    )?;
-    Ok(None)
 }
 
 #[cold]

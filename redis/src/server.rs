@@ -189,7 +189,13 @@ impl LockServerBuilder {
         let sockets = if clients.len() > 1 {
             clients
                 .iter()
-                .map(|client| Sockets::new(client.get_connection_info(), s.connect_timeout))
+                .map(|client| {
+                    Sockets::new(
+                        client.get_connection_info(),
+                        s.connect_timeout,
+                        s.io_timeout,
+                    )
+                })
                 .collect()
         } else {
             Vec::new()
