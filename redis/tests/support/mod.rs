@@ -32,3 +32,4 @@ pub fn raw(redis: &RedisProcess) -> redis::Connection {
     con.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     con
 }
+pub mod proxy;
