@@ -13,6 +13,8 @@
 //! Run: `cargo bench -p fencelock-redis --bench redis_lock`. The machine has 2 cores: 8 threads
 //! (plus the server) are oversubscribed, and the ratio is what to read, not the absolute times.
 
+#[path = "../tests/support/proxy.rs"]
+mod proxy;
 #[path = "../tests/support/server.rs"]
 mod server;
 
@@ -150,5 +152,71 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches_group, benches);
+/// This thread's CPU time (user + system), from `/proc/thread-self/stat` (10 ms ticks).
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("the thread's stat");
+    // Fields counted after the command name's closing parenthesis: utime, stime are 14 and 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
+        .split(' ')
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A quorum of 3 behind proxies that delay every reply 2 ms (issue 18's measure of the driver):
+/// acquire + release against the sum of its three rounds' delays — three blocking `PING`s
+/// through the same proxy — and the calling thread's CPU time while it waits.
+fn delayed(c: &mut Criterion) {
+    let delay = Duration::from_millis(2);
+    let servers: Vec<_> = (0..3).map(|_| server::RedisProcess::start()).collect();
+    let proxies: Vec<proxy::Proxy> = servers
+        .iter()
+        .map(|s| proxy::Proxy::start(s.port()))
+        .collect();
+    for p in &proxies {
+        p.set(proxy::Mode::Delay(delay));
+    }
+    let urls: Vec<String> = proxies.iter().map(proxy::Proxy::url).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let lock = LockServer::quorum(&urls).unwrap().lock("delayed").unwrap();
+    let mut ping = std::net::TcpStream::connect(("127.0.0.1", proxies[0].port())).unwrap();
+    ping.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let pong = |stream: &mut std::net::TcpStream| {
+        use std::io::{Read, Write};
+        stream.write_all(b"PING\r\n").unwrap();
+        let mut reply = [0_u8; 7];
+        stream.read_exact(&mut reply).unwrap();
+    };
+    let mut group = c.benchmark_group("delayed_2ms");
+    group.sample_size(20);
+    group.bench_function("raw_ping_x3", |b| {
+        b.iter(|| {
+            for _ in 0..3 {
+                pong(&mut ping);
+            }
+        });
+    });
+    let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
+    group.bench_function("quorum_3", |b| {
+        b.iter_custom(|iters| {
+            let (began, cpu0) = (Instant::now(), thread_cpu());
+            for _ in 0..iters {
+                let lease = lock.try_acquire(TTL).unwrap().expect("free");
+                lease.release().unwrap();
+            }
+            let elapsed = began.elapsed();
+            wall += elapsed;
+            cpu += thread_cpu() - cpu0;
+            elapsed
+        });
+    });
+    group.finish();
+    eprintln!(
+        "delayed_2ms/quorum_3: the calling thread's CPU time was {:.1}% of the wall time \
+         (target: at most 10%)",
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(f64::MIN_POSITIVE)
+    );
+}
+
+criterion_group!(benches_group, benches, delayed);
 criterion_main!(benches_group);

@@ -2,7 +2,8 @@
 //! thread: one non-blocking socket per server, each request written to all of them, then the
 //! replies read as the OS reports them readable (epoll, through `mio`) and fed to the round's
 //! [`Tally`] until it decides or the round's deadline passes — no worker threads, no hand-offs,
-//! no polling loop: the caller sleeps in the kernel until a reply or the deadline.
+//! no polling loop: after a short look for fast replies (50 µs at most), the caller sleeps in the
+//! kernel until a reply or the deadline.
 //!
 //! A server that has not answered when the round is decided keeps its socket: the socket goes
 //! back to the server's pool with one reply to discard, which the next round on it skips (it
@@ -15,6 +16,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -38,6 +40,11 @@ const MAX_IDLE_SOCKETS: usize = 64;
 /// a connection that opens.
 const COOL_DOWN: Duration = Duration::from_millis(250);
 const MAX_COOL_DOWN: Duration = Duration::from_secs(8);
+/// How long a round looks at its sockets again (yielding the core in between) before it sleeps
+/// in the kernel: a loopback or same-rack reply takes tens of microseconds, and waking a thread
+/// (on a VM, a virtual CPU) that slept costs about as much again. Bounded, so a slow server
+/// costs the caller at most this much CPU a round.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// One server's sockets for the quorum rounds.
 pub(crate) struct Sockets {
@@ -501,6 +508,7 @@ pub(crate) fn round<T: Tally>(
     let Ok(mut readiness) = Readiness::new(&flying) else {
         return finish(flying, tally.settle());
     };
+    let spin_until = Instant::now() + SPIN;
     while !flying.is_empty() {
         let mut i = 0;
         while i < flying.len() {
@@ -526,6 +534,10 @@ pub(crate) fn round<T: Tally>(
         let now = Instant::now();
         if now >= deadline || flying.is_empty() {
             break;
+        }
+        if now < spin_until {
+            thread::yield_now();
+            continue;
         }
         // Sleeps in the kernel until a socket has bytes, connected, or closed — or until the
         // deadline, or a connect's own timeout.
