@@ -440,17 +440,25 @@ impl Staged {
         }
         let released = release(desk, lease, tally)?;
         let sold = desk.sold_list(STALLED_STOCK);
-        let mut resold = 0;
-        for unit in &units {
-            let places: Vec<u64> = redis::cmd("LPOS")
-                .arg(&sold)
-                .arg(unit)
-                .arg("COUNT")
-                .arg(0)
-                .query(con)
-                .map_err(|e| format!("looking for unit {unit} in {sold}: {e}"))?;
-            resold += usize::from(places.len() == 1);
-        }
+        // The newer holder claimed the ledger before it sold (two fenced writes): its sale may
+        // still be on its way. Look until every unit is sold once (or the takeover's bound).
+        let resold = loop {
+            let mut once = 0;
+            for unit in &units {
+                let places: Vec<u64> = redis::cmd("LPOS")
+                    .arg(&sold)
+                    .arg(unit)
+                    .arg("COUNT")
+                    .arg(0)
+                    .query(con)
+                    .map_err(|e| format!("looking for unit {unit} in {sold}: {e}"))?;
+                once += usize::from(places.len() == 1);
+            }
+            if once == units.len() || stalled.elapsed() >= TAKEOVER_WAIT {
+                break once;
+            }
+            thread::sleep(STALL_POLL);
+        };
         Ok(StallReport {
             token,
             ttl_ms: STALL_LEASE.as_millis() as u64,
