@@ -15,6 +15,8 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -66,11 +68,65 @@ pub(crate) struct Sockets {
     /// Since when connections to it have been started and none has opened (rounds decided
     /// before a connect completed abandon it; past the connect timeout the server cools down).
     connecting_since: Mutex<Option<Instant>>,
+    /// TLS to the server, for a `rediss://` URL.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::Tls>,
+}
+
+/// A quorum socket's byte stream: TCP, with TLS over it for a `rediss://` server (feature
+/// `tls`; the TLS state sits beside the socket, so securing a connection moves nothing).
+struct Stream {
+    tcp: TcpStream,
+    #[cfg(feature = "tls")]
+    tls: Option<rustls::ClientConnection>,
+}
+
+impl Stream {
+    fn plain(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// The TCP socket underneath: its descriptor is what the OS reports ready.
+    fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return rustls::Stream::new(tls, &mut self.tcp).read(buf);
+        }
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return rustls::Stream::new(tls, &mut self.tcp).write(buf);
+        }
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return rustls::Stream::new(tls, &mut self.tcp).flush();
+        }
+        self.tcp.flush()
+    }
 }
 
 /// A non-blocking connection to one server.
 struct Socket {
-    tcp: TcpStream,
+    stream: Stream,
     /// Bytes read and not yet consumed.
     buf: Vec<u8>,
     /// Replies still to come for requests nobody waits for any more, to be discarded.
@@ -83,9 +139,9 @@ struct Socket {
 }
 
 impl Socket {
-    fn new(tcp: TcpStream) -> Self {
+    fn new(stream: Stream) -> Self {
         Self {
-            tcp,
+            stream,
             buf: Vec::with_capacity(256),
             discard: 0,
             owed_since: None,
@@ -113,14 +169,44 @@ impl Sockets {
         info: &ConnectionInfo,
         connect_timeout: Duration,
         io_timeout: Duration,
+        #[cfg(feature = "tls")] certs: Option<&redis::TlsCertificates>,
     ) -> Self {
-        let target = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => (host.as_str(), *port)
+        let resolve = |host: &str, port: u16| {
+            (host, port)
                 .to_socket_addrs()
                 .map(Iterator::collect)
-                .map_err(|e| InvalidInput::new(format!("cannot resolve {host}:{port}: {e}"))),
+                .map_err(|e| InvalidInput::new(format!("cannot resolve {host}:{port}: {e}")))
+        };
+        #[cfg(feature = "tls")]
+        let mut tls = None;
+        let target = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => resolve(host, *port),
+            #[cfg(feature = "tls")]
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                ..
+            } => match crate::tls::Tls::new(host, certs) {
+                Ok(config) => {
+                    tls = Some(config);
+                    resolve(host, *port)
+                }
+                Err(Error::InvalidInput(e)) => Err(e),
+                Err(e) => Err(InvalidInput::new(e.to_string())),
+            },
+            #[cfg(feature = "tls")]
+            ConnectionAddr::TcpTls { .. } => Err(InvalidInput::new(
+                "a quorum verifies its servers' certificates: an `#insecure` rediss:// URL is \
+                 refused",
+            )),
             other => Err(InvalidInput::new(format!(
-                "a quorum's servers must be reached over plain TCP, not {other}"
+                "a quorum's servers must be reached over TCP{}, not {other}",
+                if cfg!(feature = "tls") {
+                    " or TLS"
+                } else {
+                    " (rediss:// needs the crate's `tls` feature)"
+                }
             ))),
         };
         let settings = info.redis_settings();
@@ -145,7 +231,30 @@ impl Sockets {
             idle: Mutex::new(Vec::new()),
             skip_until: Mutex::new((None, COOL_DOWN)),
             connecting_since: Mutex::new(None),
+            #[cfg(feature = "tls")]
+            tls,
         }
+    }
+
+    /// Puts TLS over a connected stream, for a `rediss://` server (the handshake then runs on
+    /// its reads and writes); nothing otherwise.
+    fn secure(&self, stream: &mut Stream) -> Result<(), Error> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let conn = rustls::ClientConnection::new(Arc::clone(&tls.config), tls.server.clone())
+                .map_err(|e| unreachable_tls(&e))?;
+            stream.tls = Some(conn);
+        }
+        let _ = stream;
+        Ok(())
+    }
+
+    /// Whether the server is reached over TLS.
+    fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Socket>> {
@@ -274,7 +383,7 @@ impl Sockets {
             .into();
         tcp.set_nodelay(true).map_err(|e| Error::Redis(e.into()))?;
         self.connecting_since().get_or_insert_with(Instant::now);
-        Ok(Socket::new(tcp))
+        Ok(Socket::new(Stream::plain(tcp)))
     }
 
     /// A connect started by a round was left behind when the round was decided: if connects to
@@ -317,15 +426,17 @@ impl Sockets {
     /// a database to select there is nothing to wait for; with one, a server that accepts the
     /// connection but does not answer (paused) costs the caller the connect timeout once, and is
     /// then skipped for a cool-down like a connection that timed out.
-    fn handshake(&self, mut tcp: TcpStream) -> Result<Socket, Error> {
+    fn handshake(&self, tcp: TcpStream) -> Result<Socket, Error> {
         let io = |e: std::io::Error| Error::Redis(e.into());
         tcp.set_nodelay(true).map_err(io)?;
         tcp.set_write_timeout(Some(self.connect_timeout))
             .map_err(io)?;
         tcp.set_read_timeout(Some(self.connect_timeout))
             .map_err(io)?;
-        tcp.write_all(&self.login.0).map_err(io)?;
-        let mut socket = Socket::new(tcp);
+        let mut socket = Socket::new(Stream::plain(tcp));
+        self.secure(&mut socket.stream)?;
+        finish_tls_handshake(&mut socket.stream).map_err(io)?;
+        socket.stream.write_all(&self.login.0).map_err(io)?;
         let mut chunk = [0_u8; 4096];
         for _ in 0..self.login.1 {
             let len = loop {
@@ -334,7 +445,7 @@ impl Sockets {
                     Ok(None) => {}
                     Err(()) => return Err(unreachable("the server sent bytes that are not RESP2")),
                 }
-                match socket.tcp.read(&mut chunk) {
+                match socket.stream.read(&mut chunk) {
                     Ok(0) => return Err(unreachable("the server closed the connection")),
                     Ok(n) => socket.buf.extend_from_slice(&chunk[..n]),
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -349,12 +460,12 @@ impl Sockets {
                 Err(error) => return Err(Error::Redis(error)),
             }
         }
-        socket.tcp.write_all(&self.scripts.0).map_err(io)?;
+        socket.stream.write_all(&self.scripts.0).map_err(io)?;
         let now = Instant::now();
         for _ in 0..self.scripts.1 {
             socket.owe(now);
         }
-        socket.tcp.set_nonblocking(true).map_err(io)?;
+        socket.stream.tcp().set_nonblocking(true).map_err(io)?;
         Ok(socket)
     }
 
@@ -377,6 +488,8 @@ impl Sockets {
 enum Phase {
     /// A new connection's TCP connect is in progress, since then.
     Connecting(Instant),
+    /// Connected; the TLS handshake is in progress, since the connect began.
+    Securing(Instant),
     /// Connected: this many replies of the login (`AUTH`, `SELECT`) still to check.
     LoggingIn(usize),
     /// The request is sent.
@@ -430,8 +543,20 @@ impl<'a> InFlight<'a> {
         Ok(flight)
     }
 
-    /// Connected: logs in (the round waits for the replies when there are any), or sends.
-    fn connected(&mut self) -> Result<(), Error> {
+    /// Connected: secures the connection first for a TLS server (the handshake runs as the
+    /// socket becomes ready, beside the other servers' replies).
+    fn connected(&mut self, since: Instant) -> Result<(), Error> {
+        if self.sockets.is_tls() {
+            self.sockets.secure(&mut self.socket.stream)?;
+            self.phase = Phase::Securing(since);
+            return Ok(());
+        }
+        self.secured()
+    }
+
+    /// Secured (or plain): logs in (the round waits for the replies when there are any), or
+    /// sends.
+    fn secured(&mut self) -> Result<(), Error> {
         self.sockets.opened();
         let login = &self.sockets.login;
         if login.1 == 0 {
@@ -475,7 +600,9 @@ impl<'a> InFlight<'a> {
     /// When a connect in progress gives up, if one is.
     fn connect_deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Connecting(since) => Some(since + self.sockets.connect_timeout),
+            Phase::Connecting(since) | Phase::Securing(since) => {
+                Some(since + self.sockets.connect_timeout)
+            }
             _ => None,
         }
     }
@@ -592,7 +719,7 @@ impl Readiness {
 
     /// Watches a flight's socket: readable (a reply, or a close), and writable (a connect done).
     fn watch(&self, flight: &InFlight<'_>) -> std::io::Result<()> {
-        let fd = flight.socket.tcp.as_raw_fd();
+        let fd = flight.socket.stream.tcp().as_raw_fd();
         self.poll.registry().register(
             &mut SourceFd(&fd),
             mio::Token(flight.server),
@@ -602,7 +729,7 @@ impl Readiness {
 
     /// A flight is over: its socket is no longer watched (it may go back to the pool, or close).
     fn forget(&self, flight: &InFlight<'_>) {
-        let fd = flight.socket.tcp.as_raw_fd();
+        let fd = flight.socket.stream.tcp().as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
     }
 
@@ -633,7 +760,7 @@ fn finish<O>(flying: Vec<InFlight<'_>>, outcome: O) -> O {
                 pending.sockets.give_back(pending.socket);
             }
             Phase::Connecting(_) => pending.sockets.abandoned(),
-            Phase::LoggingIn(_) => {}
+            Phase::Securing(_) | Phase::LoggingIn(_) => {}
         }
     }
     outcome
@@ -651,7 +778,7 @@ fn unanswered_limit(request: &Request) -> usize {
 fn write(socket: &mut Socket, bytes: &[u8]) -> Result<(), Error> {
     // A request is a few hundred bytes: it fits the socket's send buffer unless the server has
     // stopped reading, and then this server has failed.
-    match socket.tcp.write(bytes) {
+    match socket.stream.write(bytes) {
         Ok(n) if n == bytes.len() => Ok(()),
         Ok(_) => Err(unreachable("the server is not reading its socket")),
         Err(e) => Err(Error::Redis(e.into())),
@@ -685,7 +812,7 @@ fn skipped(socket: &mut Socket) {
 fn fill(socket: &mut Socket) -> Result<(), Error> {
     let mut chunk = [0_u8; 4096];
     loop {
-        match socket.tcp.read(&mut chunk) {
+        match socket.stream.read(&mut chunk) {
             Ok(0) => {
                 socket.closed = true;
                 return Ok(());
@@ -696,6 +823,45 @@ fn fill(socket: &mut Socket) -> Result<(), Error> {
             Err(e) => return Err(Error::Redis(e.into())),
         }
     }
+}
+
+/// Runs a TLS handshake to its end on a blocking socket (with timeouts): a certificate the
+/// client does not trust, or a server that wants one the client has not, fails here.
+fn finish_tls_handshake(stream: &mut Stream) -> std::io::Result<()> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &mut stream.tls {
+        while tls.is_handshaking() {
+            tls.complete_io(&mut stream.tcp)?;
+        }
+    }
+    let _ = stream;
+    Ok(())
+}
+
+/// Moves a TLS handshake on with what the non-blocking socket allows: `Ok(true)` once done.
+fn advance_tls_handshake(stream: &mut Stream) -> std::io::Result<bool> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &mut stream.tls {
+        while tls.is_handshaking() {
+            match tls.complete_io(&mut stream.tcp) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let _ = stream;
+    Ok(true)
+}
+
+#[cfg(feature = "tls")]
+#[cold]
+fn unreachable_tls(error: &rustls::Error) -> Error {
+    Error::Redis(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "fencelock-redis: TLS setup failed",
+        error.to_string(),
+    )))
 }
 
 /// Whether a connect in progress has finished: `Ok(false)` while it has not; the error if it
@@ -717,8 +883,8 @@ fn connect_done(tcp: &TcpStream) -> Result<bool, Error> {
 fn poll(flight: &mut InFlight<'_>) -> Result<Option<Value>, Error> {
     loop {
         match flight.phase {
-            Phase::Connecting(since) => match connect_done(&flight.socket.tcp) {
-                Ok(true) => flight.connected()?,
+            Phase::Connecting(since) => match connect_done(flight.socket.stream.tcp()) {
+                Ok(true) => flight.connected(since)?,
                 Ok(false) if since.elapsed() < flight.sockets.connect_timeout => return Ok(None),
                 Ok(false) => {
                     flight.sockets.timed_out();
@@ -730,6 +896,17 @@ fn poll(flight: &mut InFlight<'_>) -> Result<Option<Value>, Error> {
                     *flight.sockets.connecting_since() = None;
                     return Err(error);
                 }
+            },
+            Phase::Securing(since) => match advance_tls_handshake(&mut flight.socket.stream) {
+                Ok(true) => flight.secured()?,
+                Ok(false) if since.elapsed() < flight.sockets.connect_timeout => return Ok(None),
+                Ok(false) => {
+                    flight.sockets.timed_out();
+                    return Err(unreachable(
+                        "the TLS handshake did not finish within the timeout",
+                    ));
+                }
+                Err(e) => return Err(Error::Redis(e.into())),
             },
             Phase::LoggingIn(left) => {
                 fill(&mut flight.socket)?;

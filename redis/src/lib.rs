@@ -81,6 +81,15 @@
 //! | `p{name}:wake:<nonce>` | list | one waiter's wake-ups | half its liveness window (10 s on a quorum) |
 //! | `p{name}:fenced` | string | the highest token a [`RedisFenced`] admitted | never (it is the resource's data) |
 //!
+//! # TLS
+//!
+//! With the `tls` feature, `rediss://` URLs work everywhere a URL is taken (rustls underneath):
+//! one server and async through redis-rs, a quorum's own sockets through rustls directly. A
+//! private CA and a client certificate come in as [`redis::TlsCertificates`], on
+//! `LockServerBuilder::tls_certificates` (which a quorum needs) or in clients made with
+//! [`redis::Client::build_with_tls`]. A failed handshake is an [`Error::Redis`] within the connect
+//! timeout, never a fallback to plaintext.
+//!
 //! # Async
 //!
 //! With the `tokio` feature, [`aio`](crate#async) has the same types with `async fn` where they
@@ -165,6 +174,8 @@ mod lock;
 mod node;
 mod protocol;
 mod server;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use error::{Error, InvalidInput};
 pub use fenced::RedisFenced;

@@ -66,6 +66,9 @@ pub(crate) struct Settings {
     pub(crate) retry_delay_min: Duration,
     pub(crate) retry_delay_max: Duration,
     pub(crate) liveness: Duration,
+    /// The certificates for `rediss://` servers: a private CA, a client certificate.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<redis::TlsCertificates>,
 }
 
 /// Settings for a [`LockServer`]: every one has a default that works.
@@ -99,6 +102,8 @@ impl Default for LockServerBuilder {
                 retry_delay_min: Duration::from_millis(2),
                 retry_delay_max: Duration::from_millis(64),
                 liveness: Duration::from_secs(1),
+                #[cfg(feature = "tls")]
+                tls: None,
             },
         }
     }
@@ -148,12 +153,35 @@ impl LockServerBuilder {
         self
     }
 
-    /// A handle to the server at `url` (`redis://host:port/db`); connects lazily, on first use.
+    /// The certificates to trust and present for `rediss://` URLs (feature `tls`): a private
+    /// CA (`root_cert`, PEM), and a client certificate and key for mutual TLS (`client_tls`).
+    /// Without them, servers are verified against the system's roots. They apply to the URLs
+    /// given to [`open`](Self::open) and [`quorum`](Self::quorum) — and to a quorum's own
+    /// sockets, which is why a quorum over TLS takes them here rather than only inside its
+    /// clients.
+    #[cfg(feature = "tls")]
+    pub fn tls_certificates(mut self, certificates: redis::TlsCertificates) -> Self {
+        self.settings.tls = Some(certificates);
+        self
+    }
+
+    /// A client for `url`, with the TLS certificates if there are any.
+    fn client(&self, url: &str) -> Result<Client, Error> {
+        #[cfg(feature = "tls")]
+        if let Some(certificates) = &self.settings.tls {
+            return Ok(Client::build_with_tls(url, certificates.clone())?);
+        }
+        Ok(Client::open(url)?)
+    }
+
+    /// A handle to the server at `url` (`redis://host:port/db`, or `rediss://` with the `tls`
+    /// feature); connects lazily, on first use.
     ///
     /// # Errors
     /// [`Error::Redis`] if the URL does not parse, [`Error::InvalidInput`] for a bad setting.
     pub fn open(self, url: &str) -> Result<LockServer, Error> {
-        self.new(Client::open(url)?)
+        let client = self.client(url)?;
+        self.new(client)
     }
 
     /// A handle to the server `client` points at; connects lazily, on first use.
@@ -174,7 +202,7 @@ impl LockServerBuilder {
     pub fn quorum(self, urls: &[&str]) -> Result<LockServer, Error> {
         let clients = urls
             .iter()
-            .map(|url| Client::open(*url))
+            .map(|url| self.client(url))
             .collect::<Result<Vec<_>, _>>()?;
         self.quorum_of(clients)
     }
@@ -194,6 +222,8 @@ impl LockServerBuilder {
                         client.get_connection_info(),
                         s.connect_timeout,
                         s.io_timeout,
+                        #[cfg(feature = "tls")]
+                        s.tls.as_ref(),
                     )
                 })
                 .collect()

@@ -33,3 +33,4 @@ pub fn raw(redis: &RedisProcess) -> redis::Connection {
     con
 }
 pub mod proxy;
+pub mod tls;

@@ -27,13 +27,36 @@ pub enum Persistence {
     AppendFsyncAlways,
 }
 
+/// How long one `redis-cli --tls ... PING` readiness probe may take.
+const TLS_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The files a TLS-only server uses (PEM), and whether it requires client certificates.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The server's certificate (`--tls-cert-file`); should name `IP:127.0.0.1`.
+    pub cert: PathBuf,
+    /// The server's private key (`--tls-key-file`).
+    pub key: PathBuf,
+    /// The CA that verifies client certificates (`--tls-ca-cert-file`), and that the readiness
+    /// check verifies the server with.
+    pub ca: PathBuf,
+    /// The client certificate the readiness check (`redis-cli --tls`) presents.
+    pub client_cert: PathBuf,
+    /// The client key the readiness check presents.
+    pub client_key: PathBuf,
+    /// `--tls-auth-clients yes` (mutual TLS) if true, `no` if false.
+    pub require_client_cert: bool,
+}
+
 /// A `redis-server` child process listening on 127.0.0.1.
 pub struct RedisProcess {
     child: Option<Child>,
+    /// The plaintext port, or for a TLS server the TLS port (plaintext is then off).
     port: u16,
     dir: PathBuf,
     persistence: Persistence,
     paused: bool,
+    tls: Option<TlsFiles>,
 }
 
 impl RedisProcess {
@@ -44,6 +67,20 @@ impl RedisProcess {
 
     /// Starts a server with the given persistence, on a free port, in a fresh directory.
     pub fn start_with(persistence: Persistence) -> Self {
+        Self::start_inner(persistence, None)
+    }
+
+    /// Starts a TLS-only server (`--port 0 --tls-port P`) that keeps nothing across restarts.
+    pub fn start_tls(tls: TlsFiles) -> Self {
+        Self::start_tls_with(tls, Persistence::None)
+    }
+
+    /// Starts a TLS-only server with the given persistence, on a free port, in a fresh directory.
+    pub fn start_tls_with(tls: TlsFiles, persistence: Persistence) -> Self {
+        Self::start_inner(persistence, Some(tls))
+    }
+
+    fn start_inner(persistence: Persistence, tls: Option<TlsFiles>) -> Self {
         let dir = fresh_dir();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
@@ -53,6 +90,7 @@ impl RedisProcess {
                 dir: dir.clone(),
                 persistence,
                 paused: false,
+                tls: tls.clone(),
             };
             if server.spawn() {
                 return server;
@@ -61,12 +99,22 @@ impl RedisProcess {
         panic!("redis-server did not start on any of {PORT_ATTEMPTS} free ports");
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or `rediss://127.0.0.1:PORT` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// The TCP port.
+    /// The TLS files, for a TLS server.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// The TCP port (the TLS port, for a TLS server).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -126,9 +174,21 @@ impl RedisProcess {
     /// Spawns redis-server and waits for PING; false if it exited at once (port taken).
     fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--protected-mode", "yes"])
+        match &self.tls {
+            None => cmd.arg("--port").arg(self.port.to_string()),
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .arg("--tls-auth-clients")
+                .arg(if tls.require_client_cert { "yes" } else { "no" }),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(&self.dir)
             .args(["--save", "", "--daemonize", "no", "--logfile", "server.log"]);
@@ -159,7 +219,11 @@ impl RedisProcess {
                     return false;
                 }
             }
-            if ping(self.port) {
+            let ready = match &self.tls {
+                None => ping(self.port),
+                Some(tls) => ping_tls(self.port, tls),
+            };
+            if ready {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -189,6 +253,53 @@ pub fn ping(port: u16) -> bool {
     stream.write_all(b"PING\r\n").is_ok()
         && stream.read_exact(&mut reply).is_ok()
         && &reply == b"+PONG\r\n"
+}
+
+/// Whether a TLS server on 127.0.0.1:`port` answers `redis-cli --tls ... PING` with `PONG`,
+/// verifying it with `tls.ca` and presenting `tls.client_cert`; gives up after
+/// [`TLS_PING_TIMEOUT`].
+pub fn ping_tls(port: u16, tls: &TlsFiles) -> bool {
+    let mut cmd = Command::new("redis-cli");
+    cmd.arg("--tls")
+        .arg("--cacert")
+        .arg(&tls.ca)
+        .arg("--cert")
+        .arg(&tls.client_cert)
+        .arg("--key")
+        .arg(&tls.client_key)
+        .args(["-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .arg("PING")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "redis-cli is not on PATH. The TLS tests need it: install it with \
+             `apt-get install -y redis-tools` (Debian/Ubuntu) or `brew install redis` (macOS), \
+             then run the tests again."
+        ),
+        Err(e) => panic!("could not start redis-cli: {e}"),
+    };
+    // Bounded: the reply is a few bytes, so polling cannot deadlock on a full pipe.
+    let deadline = Instant::now() + TLS_PING_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    status.success() && out.trim() == "PONG"
 }
 
 fn free_port() -> u16 {
