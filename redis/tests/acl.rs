@@ -73,34 +73,11 @@ fn the_contract_holds_for_a_user_with_the_minimal_rule() {
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
         quick_builder().quorum(&refs).unwrap()
     };
-    for (locks, reopen) in [
-        (
-            one(),
-            Box::new(one.clone()) as Box<dyn Fn() -> LockServer + Sync>,
-        ),
-        (
-            quorum(),
-            Box::new(quorum) as Box<dyn Fn() -> LockServer + Sync>,
-        ),
-    ] {
-        let setup = behaviour::Setup {
-            locks,
-            data: one(),
-            reopen,
-        };
-        behaviour::one_holder_at_a_time(&setup);
-        behaviour::tokens_strictly_increase(&setup);
-        behaviour::stalled_holder_is_taken_over_and_refused(&setup);
-        behaviour::renew_keeps_others_out(&setup);
-        behaviour::acquire_timeout_picks_up_a_release(&setup);
-        behaviour::acquire_timeout_gives_up_on_time(&setup);
-        behaviour::threads_never_overlap_and_tokens_follow_grants(&setup);
-        behaviour::fenced_admits_in_token_order(&setup);
-        // Server-side state is shared between the two setups: start the next from scratch.
+    behaviour::on_one_server_and_a_quorum(one.clone(), quorum, || {
         for server in &servers {
             let () = redis::cmd("FLUSHALL").query(&mut raw(server)).unwrap();
         }
-    }
+    });
     // A fenced write to a key outside the rule: NOPERM, and the refused command did not run.
     let ledger = one().fenced("outside").unwrap();
     let lease = one()

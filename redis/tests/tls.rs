@@ -63,27 +63,8 @@ fn the_contract_holds_over_mutual_tls_on_one_server_and_a_quorum() {
                 .unwrap()
         }
     };
-    for (locks, reopen) in [
-        (
-            one(),
-            Box::new(one.clone()) as Box<dyn Fn() -> LockServer + Sync>,
-        ),
-        (
-            quorum(),
-            Box::new(quorum) as Box<dyn Fn() -> LockServer + Sync>,
-        ),
-    ] {
-        let setup = behaviour::Setup {
-            locks,
-            data: one(),
-            reopen,
-        };
-        behaviour::one_holder_at_a_time(&setup);
-        behaviour::tokens_strictly_increase(&setup);
-        behaviour::acquire_timeout_picks_up_a_release(&setup);
-        behaviour::threads_never_overlap_and_tokens_follow_grants(&setup);
-        behaviour::fenced_admits_in_token_order(&setup);
-        // The bodies' keys are shared between the two setups: start the next from scratch.
+    behaviour::on_one_server_and_a_quorum(one, quorum, || {
+        // The bodies' keys are shared between the two runs: start the next from scratch.
         for url in &urls {
             let client = redis::Client::build_with_tls(url.as_str(), tls.clone()).unwrap();
             let mut con = client
@@ -91,7 +72,7 @@ fn the_contract_holds_over_mutual_tls_on_one_server_and_a_quorum() {
                 .unwrap();
             redis::cmd("FLUSHALL").query::<()>(&mut con).unwrap();
         }
-    }
+    });
 }
 
 /// The async API over TLS: clients made with redis-rs's `build_with_tls`, one server and a

@@ -365,3 +365,32 @@ pub fn fenced_admits_in_token_order(setup: &Setup) {
         Err(Error::InvalidInput(_))
     ));
 }
+
+/// The contract's core — one holder, growing tokens, takeover, renewal, waiting, threads, fencing
+/// — on one server and then on a quorum, for a way of reaching servers (a user, TLS):
+/// `one()` opens a handle to the first server (also the fenced data's), `quorum()` one to all,
+/// and `flush()` empties every server between the two runs (the bodies' keys are shared).
+pub fn on_one_server_and_a_quorum(
+    one: impl Fn() -> LockServer + Clone + Sync + 'static,
+    quorum: impl Fn() -> LockServer + Sync + 'static,
+    flush: impl Fn(),
+) {
+    let runs: [(LockServer, Box<dyn Fn() -> LockServer + Sync>); 2] =
+        [(one(), Box::new(one.clone())), (quorum(), Box::new(quorum))];
+    for (locks, reopen) in runs {
+        let setup = Setup {
+            locks,
+            data: one(),
+            reopen,
+        };
+        one_holder_at_a_time(&setup);
+        tokens_strictly_increase(&setup);
+        stalled_holder_is_taken_over_and_refused(&setup);
+        renew_keeps_others_out(&setup);
+        acquire_timeout_picks_up_a_release(&setup);
+        acquire_timeout_gives_up_on_time(&setup);
+        threads_never_overlap_and_tokens_follow_grants(&setup);
+        fenced_admits_in_token_order(&setup);
+        flush();
+    }
+}
