@@ -81,6 +81,22 @@
 //! | `p{name}:wake:<nonce>` | list | one waiter's wake-ups | half its liveness window (10 s on a quorum) |
 //! | `p{name}:fenced` | string | the highest token a [`RedisFenced`] admitted | never (it is the resource's data) |
 //!
+//! # Deploying
+//!
+//! The guide is `docs/deploying.md` in the repository; in short:
+//! - **TLS** (feature `tls`): see below.
+//! - **An ACL user of its own**, allowed the keys under the prefix (`~fencelock:*`) and the
+//!   commands the lock sends and its scripts run — `ping evalsha eval script|load blpop rpush
+//!   pexpire get set del exists pttl time zadd zrange zscore zrem zrank` — plus the keys and
+//!   commands of your fenced pipelines. A wrong password or a refused command is an
+//!   [`Error::Redis`] that says so, before anything runs as another user.
+//! - **Timeouts** ([`LockServerBuilder`]): connect and I/O, 1 s each by default; a lease's TTL
+//!   should be many I/O timeouts long.
+//! - **Failures** are typed: [`Error::Redis`] within the timeouts for a server that is down,
+//!   paused or refusing ([`Error::is_unavailable`] for the first two), [`Error::Lost`] for a lease
+//!   that ended, [`Error::Stale`] for a fenced write refused, [`Error::InvalidInput`] before
+//!   anything is sent.
+//!
 //! # TLS
 //!
 //! With the `tls` feature, `rediss://` URLs work everywhere a URL is taken (rustls underneath):
