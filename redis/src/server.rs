@@ -165,11 +165,13 @@ impl LockServerBuilder {
         self
     }
 
-    /// A client for `url`, with the TLS certificates if there are any.
+    /// A client for `url`, with the TLS certificates if there are any and it is a TLS URL.
     fn client(&self, url: &str) -> Result<Client, Error> {
         #[cfg(feature = "tls")]
         if let Some(certificates) = &self.settings.tls {
-            return Ok(Client::build_with_tls(url, certificates.clone())?);
+            if url.starts_with("rediss://") {
+                return Ok(Client::build_with_tls(url, certificates.clone())?);
+            }
         }
         Ok(Client::open(url)?)
     }
