@@ -171,3 +171,22 @@ fn tls_failures_are_errors_within_the_timeouts_never_plaintext() {
         }
     }
 }
+
+/// The builder's certificates apply to `rediss://` URLs; a plain `redis://` server beside them
+/// (say, during a migration) is reached in plaintext, as its URL says.
+#[test]
+fn certificates_on_the_builder_leave_plaintext_urls_plain() {
+    let certs = Certificates::make();
+    let plain = RedisProcess::start();
+    let lock = quick_builder()
+        .tls_certificates(certificates(&certs, false, true))
+        .open(&plain.url())
+        .unwrap()
+        .lock("plain-beside-tls")
+        .unwrap();
+    lock.try_acquire(TTL)
+        .unwrap()
+        .expect("free")
+        .release()
+        .unwrap();
+}
