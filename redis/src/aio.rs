@@ -62,8 +62,11 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
 
 use crate::error::Error;
-use crate::protocol::queue::{Liveness, WaitStep, Waiting};
-use crate::protocol::quorum::lease::{Acquisition, LeaseState, Operation, Release, Renewal, Step};
+use crate::protocol::driver::{self, Driver};
+use crate::protocol::queue::{Liveness, Waiting};
+use crate::protocol::quorum::lease::{
+    Acquisition, Answer, LeaseState, Operation, Release, Renewal, Servers,
+};
 use crate::protocol::quorum::{Attempt, Tally};
 use crate::protocol::{self, LockKeys, Request};
 use crate::server::{LockServerBuilder, Settings};
@@ -388,31 +391,13 @@ impl LockServer {
         }
     }
 
-    /// Runs `operation` to its decision: its request on the single server, or its rounds on
-    /// the quorum, concurrently on this task (see [`Operation`]).
-    async fn perform<O: Operation>(&self, operation: O) -> O::Decision {
-        let mut step = operation.start(Instant::now);
-        loop {
-            step = match step {
-                Step::Ask(operation, request) => {
-                    let reply = self.invoke(0, &request).await;
-                    operation.answered(reply.map(|reply| (reply, false)), Instant::now)
-                }
-                Step::Round(operation, round) => {
-                    let deadline = self.round_deadline(round.valid_until);
-                    let request = &round.request;
-                    let decided =
-                        self.round(round.servers, |_| request.clone(), deadline, round.tally);
-                    operation.decided(decided.await, Instant::now)
-                }
-                Step::Done(decision, release) => {
-                    if let Some(release) = release {
-                        self.send_and_forget(|_| release.clone());
-                    }
-                    return decision;
-                }
-            };
-        }
+    /// Runs `operation` to its decision on this task (see [`driver::perform`]).
+    async fn perform<O: Operation + Send>(&self, operation: O) -> O::Decision
+    where
+        O::Tally: Send,
+        <O::Tally as Tally>::Outcome: Send,
+    {
+        driver::perform(self, operation).await
     }
 
     /// Sends `request` to every server from a background task, without waiting (cleanup). Does
@@ -524,48 +509,14 @@ impl RedisLock {
         let mut waiting = Waiting::new(servers, &self.keys, ttl, wait, liveness, retry, now)?;
         // Out of the queue first, so that a hand-off the release passes on cannot come back.
         let mut abandoned = Cleanup::new(&self.server, waiting.abandon().into());
-        let mut step = waiting.start(now);
-        loop {
-            step = match step {
-                WaitStep::Ask(request) => {
-                    let reply = self.server.invoke(0, &request).await;
-                    waiting.answered(reply.map(|reply| (reply, false)), Instant::now())
-                }
-                WaitStep::Attempt(acquisition) => {
-                    let decision = self.server.perform(acquisition).await;
-                    waiting.attempted(decision, Instant::now())
-                }
-                WaitStep::Block {
-                    key,
-                    timeout,
-                    precise,
-                } => {
-                    let popped = self.server.block_pop_any(&key, timeout, precise).await;
-                    waiting.woken(popped, Instant::now())
-                }
-                WaitStep::Sleep(delay) => {
-                    tokio::time::sleep(delay).await;
-                    waiting.slept(Instant::now())
-                }
-                WaitStep::Release(request) => {
-                    // Best effort: an unanswered release ends by the grant's TTL.
-                    let _ = self.server.invoke(0, &request).await;
-                    waiting.slept(Instant::now())
-                }
-                WaitStep::Done(decision, leave) => {
-                    abandoned.disarm();
-                    if let Some(leave) = leave {
-                        self.server.send_and_forget(|_| leave.clone());
-                    }
-                    let lease = decision?.map(|state| RedisLease {
-                        server: self.server.clone(),
-                        keys: Arc::clone(&self.keys),
-                        state,
-                    });
-                    return Ok(lease);
-                }
-            };
-        }
+        let decision = driver::wait(&self.server, &mut waiting).await;
+        abandoned.disarm();
+        let lease = decision?.map(|state| RedisLease {
+            server: self.server.clone(),
+            keys: Arc::clone(&self.keys),
+            state,
+        });
+        Ok(lease)
     }
 
     /// One try; see [`Acquisition`] for its requests on one server and on a quorum.
@@ -582,6 +533,48 @@ impl RedisLock {
             keys: Arc::clone(&self.keys),
             state,
         }))
+    }
+}
+
+/// The async front end as the protocol's driver: a quorum's requests of one round run
+/// concurrently on the calling task.
+impl Driver for LockServer {
+    async fn ask(&self, request: &Request) -> Answer {
+        self.invoke(0, request).await.map(|reply| (reply, false))
+    }
+
+    fn round<T: Tally + Send>(
+        &self,
+        servers: Servers,
+        request: &Request,
+        deadline: Instant,
+        tally: T,
+    ) -> impl Future<Output = T::Outcome> + Send
+    where
+        T::Outcome: Send,
+    {
+        LockServer::round(self, servers, move |_| request.clone(), deadline, tally)
+    }
+
+    fn forget(&self, request: &Request) {
+        self.send_and_forget(|_| request.clone());
+    }
+
+    fn round_deadline(&self, valid_until: Instant) -> Instant {
+        LockServer::round_deadline(self, valid_until)
+    }
+
+    fn block(
+        &self,
+        key: &str,
+        timeout: Duration,
+        precise: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.block_pop_any(key, timeout, precise)
+    }
+
+    fn sleep(&self, delay: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(delay)
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`RedisLock`], its [`RedisLease`], and [`try_acquire_all`].
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -11,9 +12,12 @@ use fencelock::{FencingToken, LeaseLost};
 
 use crate::error::{Error, InvalidInput};
 use crate::node::Resend;
-use crate::protocol::queue::{Liveness, WaitStep, Waiting};
-use crate::protocol::quorum::lease::{Acquisition, LeaseState, Operation, Release, Renewal, Step};
-use crate::protocol::quorum::Attempt;
+use crate::protocol::driver::{self, Driver};
+use crate::protocol::queue::{Liveness, Waiting};
+use crate::protocol::quorum::lease::{
+    Acquisition, Answer, LeaseState, Operation, Release, Renewal, Servers,
+};
+use crate::protocol::quorum::{Attempt, Tally};
 use crate::protocol::{self, LockKeys, Nonce, Request};
 use crate::server::LockServer;
 
@@ -146,42 +150,8 @@ impl RedisLock {
         let servers = self.server.servers();
         let now = Instant::now();
         let mut waiting = Waiting::new(servers, &self.keys, ttl, wait, liveness, retry, now)?;
-        let mut step = waiting.start(now);
-        loop {
-            step = match step {
-                WaitStep::Ask(request) => {
-                    let reply = self.server.invoke(&request, Resend::IfStale);
-                    waiting.answered(reply, Instant::now())
-                }
-                WaitStep::Attempt(acquisition) => {
-                    let decision = self.server.perform(acquisition);
-                    waiting.attempted(decision, Instant::now())
-                }
-                WaitStep::Block {
-                    key,
-                    timeout,
-                    precise,
-                } => {
-                    let popped = self.server.block_pop(&key, timeout, precise);
-                    waiting.woken(popped, Instant::now())
-                }
-                WaitStep::Sleep(delay) => {
-                    thread::sleep(delay);
-                    waiting.slept(Instant::now())
-                }
-                WaitStep::Release(request) => {
-                    // Best effort: an unanswered release ends by the grant's TTL.
-                    let _ = self.server.invoke(&request, Resend::IfStale);
-                    waiting.slept(Instant::now())
-                }
-                WaitStep::Done(decision, leave) => {
-                    if let Some(leave) = leave {
-                        self.server.send_and_forget(|_| leave.clone());
-                    }
-                    return Ok(decision?.map(|state| RedisLease::new(self, state)));
-                }
-            };
-        }
+        let decision = driver::run_blocking(driver::wait(&self.server, &mut waiting));
+        Ok(decision?.map(|state| RedisLease::new(self, state)))
     }
 
     /// One try; see [`Acquisition`] for its requests on one server and on a quorum.
@@ -194,33 +164,13 @@ impl RedisLock {
 }
 
 impl LockServer {
-    /// Runs `operation` to its decision: its request on the single server, or its rounds on
-    /// the quorum (see [`Operation`]).
-    pub(crate) fn perform<O: Operation>(&self, operation: O) -> O::Decision {
-        let mut step = operation.start(Instant::now);
-        loop {
-            step = match step {
-                Step::Ask(operation, request) => {
-                    // Resending is safe: each lease request has the same effect sent twice (an
-                    // acquisition's nonce gets its own lock again, with the same token).
-                    let reply = self.invoke(&request, Resend::IfStale);
-                    operation.answered(reply, Instant::now)
-                }
-                Step::Round(operation, round) => {
-                    let deadline = self.round_deadline(round.valid_until);
-                    let request = &round.request;
-                    let decided =
-                        self.round(round.servers, |_| request.clone(), deadline, round.tally);
-                    operation.decided(decided, Instant::now)
-                }
-                Step::Done(decision, release) => {
-                    if let Some(release) = release {
-                        self.forget(&release);
-                    }
-                    return decision;
-                }
-            };
-        }
+    /// Runs `operation` to its decision on this thread (see [`driver::perform`]).
+    pub(crate) fn perform<O: Operation + Send>(&self, operation: O) -> O::Decision
+    where
+        O::Tally: Send,
+        <O::Tally as Tally>::Outcome: Send,
+    {
+        driver::run_blocking(driver::perform(self, operation))
     }
 
     /// `BLPOP key timeout` on every server at once, until the first returns: `Ok` if any did,
@@ -274,6 +224,54 @@ impl LockServer {
         } else {
             let _ = self.invoke(release, Resend::IfStale);
         }
+    }
+}
+
+/// The blocking front end as the protocol's driver: every future blocks the calling thread and
+/// is ready when first polled (see [`driver::run_blocking`]).
+impl Driver for LockServer {
+    fn ask(&self, request: &Request) -> impl Future<Output = Answer> + Send {
+        // Resending is safe: each lease request has the same effect sent twice (an
+        // acquisition's nonce gets its own lock again, with the same token).
+        let reply = self.invoke(request, Resend::IfStale);
+        async move { reply }
+    }
+
+    fn round<T: Tally + Send>(
+        &self,
+        servers: Servers,
+        request: &Request,
+        deadline: Instant,
+        tally: T,
+    ) -> impl Future<Output = T::Outcome> + Send
+    where
+        T::Outcome: Send,
+    {
+        let outcome = LockServer::round(self, servers, |_| request.clone(), deadline, tally);
+        async move { outcome }
+    }
+
+    fn forget(&self, request: &Request) {
+        LockServer::forget(self, request);
+    }
+
+    fn round_deadline(&self, valid_until: Instant) -> Instant {
+        LockServer::round_deadline(self, valid_until)
+    }
+
+    fn block(
+        &self,
+        key: &str,
+        timeout: Duration,
+        precise: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let popped = self.block_pop(key, timeout, precise);
+        async move { popped }
+    }
+
+    fn sleep(&self, delay: Duration) -> impl Future<Output = ()> + Send {
+        thread::sleep(delay);
+        async {}
     }
 }
 

@@ -49,6 +49,7 @@ use redis::{Cmd, Script, ToRedisArgs, Value};
 
 use crate::error::{Error, InvalidInput};
 
+pub(crate) mod driver;
 pub(crate) mod queue;
 pub(crate) mod quorum;
 pub(crate) mod resp;

@@ -173,7 +173,7 @@ pub(crate) enum WaitStep<'k> {
 }
 
 /// A waiter of `acquire_timeout`, from its first step to a lease, the end of its wait, or an
-/// error. Both front ends drive it the same way:
+/// error. [`driver::wait`](super::driver::wait) drives it, for both front ends:
 ///
 /// ```text
 /// step = waiting.start(now)

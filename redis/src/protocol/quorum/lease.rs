@@ -6,7 +6,8 @@
 //! # Driving an operation
 //!
 //! An [`Operation`] is made from the number of servers, the lock's keys and, where it needs one,
-//! the lease; a front end then loops:
+//! the lease; [`driver::perform`](super::super::driver::perform) then loops, for both front ends
+//! (each a [`Driver`](super::super::driver::Driver) that only sends and waits):
 //!
 //! ```text
 //! step = operation.start(now)
