@@ -215,3 +215,55 @@ async fn async_refuses_a_wrong_password_on_one_server_and_a_quorum() {
         assert_eq!(lock_keys(server), Vec::<String>::new());
     }
 }
+
+/// A user without the script commands gets a typed `Error::Redis` that says it has no
+/// permission, within the timeouts, on one server and on a quorum — and nothing is written.
+#[test]
+fn a_user_without_the_script_commands_is_told_so() {
+    let servers: Vec<RedisProcess> = (0..3).map(|_| RedisProcess::start()).collect();
+    for server in &servers {
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("noscripts")
+            .arg(
+                &[
+                    "on",
+                    ">secret",
+                    "~fencelock:*",
+                    "-@all",
+                    "+ping",
+                    "+get",
+                    "+set",
+                ][..],
+            )
+            .query(&mut raw(server))
+            .unwrap();
+    }
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| url_as(s, "noscripts", "secret"))
+        .collect();
+    let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    for server in [
+        quick_builder().open(refs[0]).unwrap(),
+        quick_builder().quorum(&refs).unwrap(),
+    ] {
+        match server.lock("noscripts").unwrap().try_acquire(TTL) {
+            Err(Error::Redis(e)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("NOPERM") || text.contains("permission"),
+                    "{text}"
+                );
+            }
+            other => panic!("expected NOPERM, got {other:?}"),
+        }
+    }
+    for server in &servers {
+        assert_eq!(
+            lock_keys(server),
+            Vec::<String>::new(),
+            "nothing was written"
+        );
+    }
+}
