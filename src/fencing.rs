@@ -50,6 +50,37 @@ impl fmt::Display for FencingToken {
     }
 }
 
+/// A token as a SQL integer (`BIGINT`, SQLite's `INTEGER`: signed 64 bits), checked: every token
+/// a lock issues fits (Redis tokens stay below 2⁵³), and one above `i64::MAX` is an error rather
+/// than a negative number that every check would admit.
+///
+/// ```
+/// use fencelock::FencingToken;
+///
+/// let column = i64::try_from(FencingToken::new(34)).unwrap(); // `UPDATE … SET fence = ?1 …`
+/// assert_eq!(FencingToken::try_from(column).unwrap(), FencingToken::new(34));
+/// assert!(i64::try_from(FencingToken::new(u64::MAX)).is_err());
+/// assert!(FencingToken::try_from(-1_i64).is_err());
+/// ```
+impl TryFrom<FencingToken> for i64 {
+    type Error = core::num::TryFromIntError;
+
+    #[inline]
+    fn try_from(token: FencingToken) -> Result<Self, Self::Error> {
+        i64::try_from(token.0)
+    }
+}
+
+/// A token read back from a SQL integer column; a negative number is an error.
+impl TryFrom<i64> for FencingToken {
+    type Error = core::num::TryFromIntError;
+
+    #[inline]
+    fn try_from(column: i64) -> Result<Self, Self::Error> {
+        u64::try_from(column).map(Self)
+    }
+}
+
 /// A [`Fenced`] resource refused a write: a newer token has already written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StaleToken {

@@ -23,6 +23,14 @@ use crate::spin_lock::SpinLock;
 pub struct Version(u64);
 
 impl Version {
+    /// The version numbered `value`: for versions kept outside this process — a Redis record's
+    /// (`fencelock-redis`'s `RedisVersioned`), a database row's `version` column.
+    #[inline]
+    #[must_use]
+    pub const fn new(value: u64) -> Self {
+        Self(value)
+    }
+
     /// The version's number.
     #[inline]
     #[must_use]
@@ -34,6 +42,35 @@ impl Version {
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "v{}", self.0)
+    }
+}
+
+/// A version as a SQL integer (signed 64 bits), checked as
+/// [`FencingToken`](crate::FencingToken)'s is.
+///
+/// ```
+/// use fencelock::Version;
+///
+/// let column = i64::try_from(Version::new(7)).unwrap(); // `… WHERE id = ?2 AND version = ?1`
+/// assert_eq!(Version::try_from(column).unwrap(), Version::new(7));
+/// assert!(i64::try_from(Version::new(u64::MAX)).is_err());
+/// ```
+impl TryFrom<Version> for i64 {
+    type Error = core::num::TryFromIntError;
+
+    #[inline]
+    fn try_from(version: Version) -> Result<Self, Self::Error> {
+        i64::try_from(version.0)
+    }
+}
+
+/// A version read back from a SQL integer column; a negative number is an error.
+impl TryFrom<i64> for Version {
+    type Error = core::num::TryFromIntError;
+
+    #[inline]
+    fn try_from(column: i64) -> Result<Self, Self::Error> {
+        u64::try_from(column).map(Self)
     }
 }
 

@@ -10,9 +10,19 @@
 //! - `quorum/*`: acquire + release on one server (`single`), on a quorum of 3 (`quorum_3`), and on
 //!   a quorum of 3 with one server paused by SIGSTOP (`quorum_3_one_paused`), in one run.
 //!
+//! - `topology/*`: acquire + release on one server (`single`) and on a Redis Cluster of three
+//!   masters (`cluster_3`, the lock on one of them), in one run.
+//! - `token/*`: the cost of the token's time floor — the server-side part of acquire that
+//!   issue 19 changed — as two raw scripts: the token as the counter + 1 (`counter_only`,
+//!   before) and as the larger of that and the server's time in µs (`counter_or_time`, now),
+//!   each issued 1,000 times inside one script call, so that the time per iteration is the
+//!   server's time for 1,000 tokens (one `TIME` call each more, now) plus one round trip.
+//!
 //! Run: `cargo bench -p fencelock-redis --bench redis_lock`. The machine has 2 cores: 8 threads
 //! (plus the server) are oversubscribed, and the ratio is what to read, not the absolute times.
 
+#[path = "../tests/support/cluster.rs"]
+mod cluster;
 #[path = "../tests/support/proxy.rs"]
 mod proxy;
 #[path = "../tests/support/server.rs"]
@@ -218,5 +228,79 @@ fn delayed(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches_group, benches, delayed);
+/// One server against a cluster of three, and the token's time floor (see the module docs).
+fn topology(c: &mut Criterion) {
+    let single = server::RedisProcess::start();
+    let cluster = cluster::RedisCluster::start(3);
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let on_one = LockServer::open(&single.url()).unwrap();
+    let on_cluster = LockServer::cluster(&urls).unwrap();
+    let mut group = c.benchmark_group("topology");
+    for (name, server) in [("single", &on_one), ("cluster_3", &on_cluster)] {
+        let lock = server.lock("topology-bench").unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                lock.try_acquire(TTL)
+                    .unwrap()
+                    .expect("free")
+                    .release()
+                    .unwrap()
+            });
+        });
+    }
+    group.finish();
+
+    let mut con = raw_connection(&single.url());
+    let mut group = c.benchmark_group("token");
+    group.sample_size(30);
+    for (name, body) in [
+        ("counter_only", COUNTER_ONLY),
+        ("counter_or_time", COUNTER_OR_TIME),
+    ] {
+        let script = Script::new(&format!(
+            "{body}\nfor _ = 1, 999 do next_token(KEYS[1], ARGV[1]) end\n\
+             return next_token(KEYS[1], ARGV[1])"
+        ));
+        let key = format!("bench:{{{name}}}:token");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let _: String = script.key(&key).arg(86_400_000).invoke(&mut con).unwrap();
+            });
+        });
+    }
+    group.finish();
+}
+
+/// The token before issue 19: the counter + 1, the server's time only where there is none.
+const COUNTER_ONLY: &str = r"
+local function next_token(counter, idle_ms)
+  local last = redis.call('GET', counter)
+  local token
+  if last then
+    token = tonumber(last) + 1
+  else
+    local time = redis.call('TIME')
+    token = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  end
+  local digits = string.format('%.0f', token)
+  redis.call('SET', counter, digits, 'PX', idle_ms)
+  return digits
+end";
+
+/// The token now: never below the server's time in µs (as `protocol::NEXT_TOKEN_LUA`).
+const COUNTER_OR_TIME: &str = r"
+local function next_token(counter, idle_ms)
+  local time = redis.call('TIME')
+  local token = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  local last = redis.call('GET', counter)
+  if last and tonumber(last) >= token then
+    token = tonumber(last) + 1
+  end
+  local digits = string.format('%.0f', token)
+  redis.call('SET', counter, digits, 'PX', idle_ms)
+  return digits
+end";
+
+criterion_group!(benches_group, benches, delayed, topology);
 criterion_main!(benches_group);

@@ -58,9 +58,9 @@ use std::time::{Duration, Instant};
 
 use fencelock::FencingToken;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
 
+use crate::endpoint::{self, Endpoint};
 use crate::error::Error;
 use crate::protocol::driver::{self, Driver};
 use crate::protocol::queue::{Liveness, Waiting};
@@ -72,22 +72,43 @@ use crate::protocol::{self, LockKeys, Request};
 use crate::server::{LockServerBuilder, Settings};
 
 mod keep_alive;
+mod link;
 pub use keep_alive::KeptLease;
+use link::Link;
+
+/// The longest blocking pop a waiter sends (its timer ends it sooner): a cluster connection for
+/// pops is opened with this response timeout, since it cannot be changed per call.
+const MAX_POP: Duration = Duration::from_secs(2 * 3600);
 
 /// Idle connections kept per server for waiters' blocking pops.
 const MAX_IDLE_WAIT_CONNECTIONS: usize = 64;
 
-/// One server: its client, its (lazily opened) multiplexed connection, and idle connections of
+/// One server: where it is, its (lazily opened) multiplexed connection, and idle connections of
 /// waiters (each used by one waiter at a time: a blocking pop holds it).
 struct Node {
-    client: Client,
+    endpoint: Endpoint,
     /// The multiplexed connection, with the number of the connect that opened it.
-    connection: Mutex<Option<(u64, MultiplexedConnection)>>,
+    connection: Mutex<Option<(u64, Link)>>,
+    /// On a cluster, the connection for requests never sent twice (fenced writes): it does not
+    /// retry by itself, so a connection error cannot run a pipeline twice.
+    once: Mutex<Option<Link>>,
     /// Held while a connection is opened, so that one connect serves every caller that found
     /// none (a herd of tasks on a fresh handle, or after an error, opens one connection); the
     /// number of the last connect.
     connecting: tokio::sync::Mutex<u64>,
-    waiting: Mutex<Vec<MultiplexedConnection>>,
+    waiting: Mutex<Vec<Link>>,
+}
+
+impl Node {
+    fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            connection: Mutex::new(None),
+            once: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(0),
+            waiting: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 struct Inner {
@@ -137,20 +158,83 @@ impl LockServer {
     /// As [`LockServerBuilder::quorum_of`].
     pub fn with(builder: LockServerBuilder, clients: Vec<Client>) -> Result<Self, Error> {
         let (settings, clients) = builder.validated(clients)?;
+        let nodes = clients
+            .into_iter()
+            .map(|client| Node::new(Endpoint::Server(client)))
+            .collect();
         Ok(Self {
+            inner: Arc::new(Inner { nodes, settings }),
+        })
+    }
+
+    /// A handle to the Redis Cluster `urls` belong to, with default settings; as
+    /// [`crate::LockServer::cluster`].
+    ///
+    /// # Errors
+    /// As [`crate::LockServerBuilder::cluster`].
+    pub fn cluster(urls: &[&str]) -> Result<Self, Error> {
+        Self::cluster_with(LockServerBuilder::default(), urls)
+    }
+
+    /// As [`cluster`](Self::cluster), with `builder`'s settings.
+    ///
+    /// # Errors
+    /// As [`crate::LockServerBuilder::cluster`].
+    pub fn cluster_with(builder: LockServerBuilder, urls: &[&str]) -> Result<Self, Error> {
+        builder.validate()?;
+        let settings = builder.into_settings();
+        let endpoint = Endpoint::cluster(
+            urls,
+            settings.connect_timeout,
+            settings.io_timeout,
+            #[cfg(feature = "tls")]
+            settings.tls.as_ref(),
+        )?;
+        Ok(Self::single(settings, endpoint))
+    }
+
+    /// A handle to the master the Sentinels at `sentinels` name `master_name`, with default
+    /// settings; as [`crate::LockServer::sentinel`].
+    ///
+    /// # Errors
+    /// As [`crate::LockServerBuilder::sentinel`].
+    pub fn sentinel(master_name: &str, sentinels: &[&str]) -> Result<Self, Error> {
+        Self::sentinel_with(LockServerBuilder::default(), master_name, sentinels)
+    }
+
+    /// As [`sentinel`](Self::sentinel), with `builder`'s settings.
+    ///
+    /// # Errors
+    /// As [`crate::LockServerBuilder::sentinel`].
+    pub fn sentinel_with(
+        builder: LockServerBuilder,
+        master_name: &str,
+        sentinels: &[&str],
+    ) -> Result<Self, Error> {
+        builder.validate()?;
+        let clients = sentinels
+            .iter()
+            .map(|url| builder.client(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let master = builder.sentinel_master_template(sentinels)?;
+        let settings = builder.into_settings();
+        let endpoint = Endpoint::sentinel(
+            master_name,
+            clients,
+            master,
+            #[cfg(feature = "tls")]
+            settings.tls.as_ref(),
+        )?;
+        Ok(Self::single(settings, endpoint))
+    }
+
+    fn single(settings: Settings, endpoint: Endpoint) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                nodes: clients
-                    .into_iter()
-                    .map(|client| Node {
-                        client,
-                        connection: Mutex::new(None),
-                        connecting: tokio::sync::Mutex::new(0),
-                        waiting: Mutex::new(Vec::new()),
-                    })
-                    .collect(),
+                nodes: vec![Node::new(endpoint)],
                 settings,
             }),
-        })
+        }
     }
 
     /// How many servers each lease is spread over.
@@ -187,7 +271,7 @@ impl LockServer {
     /// The server's connection and the number of the connect that opened it, opened (and the
     /// scripts loaded) if there is none — by one caller at a time: the others wait for it and
     /// share what it opened.
-    async fn connection(&self, server: usize) -> Result<(u64, MultiplexedConnection), Error> {
+    async fn connection(&self, server: usize) -> Result<(u64, Link), Error> {
         let node = &self.inner.nodes[server];
         if let Some(current) = lock(&node.connection).clone() {
             return Ok(current);
@@ -197,22 +281,53 @@ impl LockServer {
             return Ok(current); // opened while this caller waited
         }
         let s = &self.inner.settings;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(s.connect_timeout))
-            .set_response_timeout(Some(s.io_timeout));
-        let mut con = node
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        // Loaded before the first request: a reply nobody waits for (a quorum's straggler)
-        // cannot be sent again after NOSCRIPT, and would otherwise run out of order.
-        let mut load = redis::pipe();
-        protocol::load_quorum_scripts(&mut load);
-        load.query_async::<()>(&mut con).await?;
+        let con = match node
+            .endpoint
+            .client_async(s.connect_timeout, s.io_timeout)
+            .await?
+        {
+            Some(client) => {
+                let mut con = self
+                    .open_multiplexed(&node.endpoint, &client, s.io_timeout)
+                    .await?;
+                // Loaded before the first request: a reply nobody waits for (a quorum's
+                // straggler) cannot be sent again after NOSCRIPT, and would otherwise run out of
+                // order. (A cluster loads each script where it first runs, by `EVAL`.)
+                let mut load = redis::pipe();
+                protocol::load_quorum_scripts(&mut load);
+                load.query_async::<()>(&mut con).await?;
+                Link::Server(con)
+            }
+            None => Link::Cluster(
+                node.endpoint
+                    .connect_cluster_async(false, s.connect_timeout, s.io_timeout)
+                    .await?,
+            ),
+        };
         *last += 1;
         let current = (*last, con);
         *lock(&node.connection) = Some(current.clone());
         Ok(current)
+    }
+
+    /// A multiplexed connection to `client` (the server, or a Sentinel group's master, checked
+    /// to be one), its replies awaited for at most `response`.
+    async fn open_multiplexed(
+        &self,
+        endpoint: &Endpoint,
+        client: &Client,
+        response: Duration,
+    ) -> Result<redis::aio::MultiplexedConnection, Error> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.settings.connect_timeout))
+            .set_response_timeout(Some(response));
+        let mut con = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        if matches!(endpoint, Endpoint::Sentinel(_)) {
+            endpoint::check_master(redis::cmd("ROLE").query_async(&mut con).await?)?;
+        }
+        Ok(con)
     }
 
     /// Drops `server`'s connection after an error on it — unless a newer one replaced it
@@ -254,16 +369,28 @@ impl LockServer {
         let pooled = lock(&node.waiting).pop();
         let mut con = match pooled {
             Some(con) => con,
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(s.connect_timeout))
-                    .set_response_timeout(Some(bound));
-                node.client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?
-            }
+            None => match node
+                .endpoint
+                .client_async(s.connect_timeout, s.io_timeout)
+                .await?
+            {
+                // Its response timeout is raised below, for each pop.
+                Some(client) => Link::Server(
+                    self.open_multiplexed(&node.endpoint, &client, bound)
+                        .await?,
+                ),
+                // Bounded by the timer below; the cluster connection's own timeout only needs
+                // to be as long as any pop.
+                None => Link::Cluster(
+                    node.endpoint
+                        .connect_cluster_async(false, s.connect_timeout, MAX_POP)
+                        .await?,
+                ),
+            },
         };
-        con.set_response_timeout(server_timeout.saturating_add(s.io_timeout));
+        if let Link::Server(con) = &mut con {
+            con.set_response_timeout(server_timeout.saturating_add(s.io_timeout));
+        }
         let mut pop = redis::cmd("BLPOP");
         pop.arg(key).arg(server_timeout.as_secs_f64());
         match tokio::time::timeout(bound, pop.query_async::<Value>(&mut con)).await {
@@ -352,11 +479,53 @@ impl LockServer {
                 || e.is_timeout()
                 || e.is_connection_dropped()
                 || e.kind() == redis::ErrorKind::Io
+                // A Sentinel group's old master, demoted: ask the Sentinels again.
+                || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
             {
                 self.forget_connection(server, opened);
             }
         }
         reply.map_err(Error::Redis)
+    }
+
+    /// Runs `request` on a cluster through a connection that never sends it twice (a fenced
+    /// write). A `MOVED` ran nothing: the connection (and its stale slot map) is replaced, and
+    /// the request sent once more.
+    async fn invoke_once_on_cluster(&self, request: &Request) -> Result<Value, Error> {
+        let node = &self.inner.nodes[0];
+        let s = &self.inner.settings;
+        let mut moved = false;
+        loop {
+            let cached = lock(&node.once).clone();
+            let mut con = match cached {
+                Some(con) => con,
+                None => {
+                    let con = node
+                        .endpoint
+                        .connect_cluster_async(true, s.connect_timeout, s.io_timeout)
+                        .await?;
+                    let con = Link::Cluster(con);
+                    *lock(&node.once) = Some(con.clone());
+                    con
+                }
+            };
+            let reply = match request.evalsha().query_async::<Value>(&mut con).await {
+                Err(e) if protocol::is_noscript(&e) => request.eval().query_async(&mut con).await,
+                reply => reply,
+            };
+            match reply {
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    *lock(&node.once) = None;
+                    let is_moved =
+                        e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Moved);
+                    if !is_moved || moved {
+                        return Err(e.into());
+                    }
+                    moved = true;
+                }
+            }
+        }
     }
 
     /// One round: `request(server)` to each of `servers` concurrently on this task, the replies
@@ -433,7 +602,7 @@ impl fmt::Debug for LockServer {
             .inner
             .nodes
             .iter()
-            .map(|n| n.client.get_connection_info().addr().to_string())
+            .map(|n| n.endpoint.identity().0)
             .collect();
         f.debug_struct("aio::LockServer")
             .field("servers", &servers)
@@ -737,8 +906,18 @@ impl RedisFenced {
         token: FencingToken,
         commands: &redis::Pipeline,
     ) -> Result<(), Error> {
-        let request = protocol::fenced_write(&self.key, token, commands)?;
-        let reply = self.server.invoke(0, &request).await?;
+        let on_cluster = self.server.inner.nodes[0].endpoint.is_cluster();
+        let request = protocol::fenced_write(
+            &self.key,
+            token,
+            commands,
+            on_cluster.then_some(&*self.name),
+        )?;
+        let reply = if on_cluster {
+            self.server.invoke_once_on_cluster(&request).await?
+        } else {
+            self.server.invoke(0, &request).await?
+        };
         protocol::decode_fenced_write(&reply, token)
     }
 

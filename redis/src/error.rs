@@ -34,15 +34,31 @@ impl Error {
         matches!(self, Self::Lost(_))
     }
 
-    /// `true` for a connection or timeout failure: the same call may succeed later.
+    /// `true` for a connection or timeout failure, or a topology in motion (a Sentinel
+    /// failover, a cluster slot migrating or a cluster master down): the same call may succeed
+    /// later.
     #[must_use]
     pub fn is_unavailable(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind as Server};
         match self {
             Self::Redis(e) => {
                 e.is_io_error()
                     || e.is_timeout()
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::Server(
+                            Server::ReadOnly
+                                | Server::Moved
+                                | Server::Ask
+                                | Server::TryAgain
+                                | Server::ClusterDown
+                                | Server::MasterDown
+                                | Server::BusyLoading
+                        ) | ErrorKind::MasterNameNotFoundBySentinel
+                            | ErrorKind::ClusterConnectionNotFound
+                    )
             }
             _ => false,
         }

@@ -93,7 +93,13 @@ impl RedisFenced {
     ///   sent;
     /// - [`Error::Redis`] if the server is unreachable, or a command failed (see above).
     pub fn write(&self, token: FencingToken, commands: &redis::Pipeline) -> Result<(), Error> {
-        let call = protocol::fenced_write(&self.key, token, commands)?;
+        let on_cluster = self.server.single().is_cluster();
+        let call = protocol::fenced_write(
+            &self.key,
+            token,
+            commands,
+            on_cluster.then_some(&*self.name),
+        )?;
         // Never resent: the pipeline's commands may not be idempotent (RPUSH twice is two).
         let (reply, _) = self.server.invoke(&call, Resend::Never)?;
         protocol::decode_fenced_write(&reply, token)
@@ -108,7 +114,9 @@ impl RedisFenced {
             .server
             .single()
             .with_connection(Resend::IfStale, |con| {
-                redis::cmd("GET").arg(&self.key).query::<redis::Value>(con)
+                redis::cmd("GET")
+                    .arg(&self.key)
+                    .query::<redis::Value>(con.as_dyn())
             })?;
         protocol::decode_highest(&reply)
     }

@@ -87,7 +87,8 @@
 //! - **TLS** (feature `tls`): see below.
 //! - **An ACL user of its own**, allowed the keys under the prefix (`~fencelock:*`) and the
 //!   commands the lock sends and its scripts run — `ping evalsha eval script|load blpop rpush
-//!   pexpire get set del exists pttl time zadd zrange zscore zrem zrank` — plus the keys and
+//!   pexpire get set del exists pttl time zadd zrange zscore zrem zrank` (`role` behind
+//!   Sentinel; `cluster|slots command|getkeys` on a Cluster) — plus the keys and
 //!   commands of your fenced pipelines. A wrong password or a refused command is an
 //!   [`Error::Redis`] that says so, before anything runs as another user.
 //! - **Timeouts** ([`LockServerBuilder`]): connect and I/O, 1 s each by default; a lease's TTL
@@ -125,10 +126,11 @@
 //! any `f` of which may be down, paused or slow: the same [`RedisLock`], [`RedisLease`] and
 //! errors, a majority deciding every call. Unlike Redlock, every lease still carries a token
 //! larger than every earlier lease's: round 1 claims the key on every server and reads each
-//! server's floor (its counter, or its time in µs where it has none); round 2 stores `max(floor) + 1` only where the
-//! claim is still present, and the lease holds once a majority stored it. Why that keeps tokens
-//! growing with no timing assumption — only that a majority of servers keep their data, or do
-//! not move their clocks back — is argued in the `protocol::quorum` module. The blocking API
+//! server's floor (the larger of its counter and its time in µs); round 2 stores
+//! `max(floor) + 1` only where the claim is still present, and the lease holds once a majority
+//! stored it. When that keeps tokens growing — every server keeps its data, or the clocks of
+//! those that lose it agree with the others to within the time a restart takes — is argued in
+//! the `protocol::quorum` module and shown under [Topologies](#topologies). The blocking API
 //! asks every server at once from the caller's thread (non-blocking sockets) and returns as soon
 //! as a majority decided; it never waits for a server it does not need.
 //!
@@ -157,31 +159,80 @@
 //!   failover to a replica that missed the write), and so does a holder that stalls after
 //!   checking `remaining()`. None of these can be prevented by a lock; all of them are caught by
 //!   fencing: the older holder's writes to a [`RedisFenced`] resource are refused.
-//! - **Tokens only grow** while the resource's token counter survives, *or* while the server's
-//!   clock does not go back: each token is the counter + 1, or the server's time in µs where
-//!   there is no counter. So a
-//!   counter lost in a restart, or expired after [`COUNTER_IDLE`] without use, is reborn above
-//!   every token issued before (given fewer than one token per microsecond on average; a
-//!   Redis server issues far fewer). Only a restart that lost the counter *and* a clock that went
-//!   back together can repeat a token. Tokens stay below 2⁵³, exact in Lua's doubles, until the
-//!   year 2255.
+//! - **Tokens only grow** while the resource's token counter survives, *or* while the clock of
+//!   the server that issues the next token is ahead of every token issued before: each token is
+//!   the larger of the counter + 1 and the server's time in µs. So a counter lost in a restart,
+//!   or expired after [`COUNTER_IDLE`] without use, is reborn above every token issued before
+//!   (given fewer than one token per microsecond on average; a Redis server issues far fewer),
+//!   and a replica promoted after missing the last grants issues tokens above them if its clock
+//!   is behind the old master's by less than the failover took. Only a lost counter *and* a
+//!   clock that went back (or, after a failover, lags) together can repeat a token. Tokens stay
+//!   below 2⁵³, exact in Lua's doubles, until the year 2255.
 //! - **A fenced resource** keeps its highest token as a key beside its data, with no TTL: what
 //!   survives a crash is what the server's persistence keeps (`appendonly yes` with
 //!   `appendfsync always` keeps every acknowledged write across `kill -9`).
 //!
 //! - **A quorum's lease** additionally assumes bounded clock drift between the client and every
-//!   server (its validity counts from before round 1 was sent); its *tokens* assume only that a
-//!   majority of servers keep their data, or that the clocks of those that lost it do not go
-//!   back.
+//!   server (its validity counts from before round 1 was sent); its *tokens* assume that every
+//!   server keeps its data (`appendfsync always`), or that the clocks of the servers agree to
+//!   within the time a restart that loses data takes (see [Topologies](#topologies)).
 //!
 //! The tests in `redis/tests/` start real servers and show each case: a stalled holder taken
 //! over, `kill -9` with and without an append-only file, a paused server, a key expiring early,
-//! a counter lost together with the clock going back, a minority and a majority of a quorum down.
+//! a counter lost together with the clock going back, a minority and a majority of a quorum down,
+//! a quorum server that lost its data beside a clock an hour ahead, a failover to a replica that
+//! missed the last grants, a cluster slot moved and a cluster master killed.
+//!
+//! # Topologies
+//!
+//! Each lock lives on one *lock server*: a single Redis server, a quorum of independent servers,
+//! the master that owns the lock's slot in a Redis Cluster, or the master a group of Sentinels
+//! names. What each promises, and what breaks it:
+//!
+//! | | exclusion (one holder at a time) | tokens (each larger than every earlier one) | tested by |
+//! |---|---|---|---|
+//! | [one server](LockServer::open) | while the server keeps the key: lost in a restart without `appendfsync always`; its clock's rate close to ours | while the counter survives, or the server's clock does not go back | `--test single_server --test faults` |
+//! | [quorum](LockServer::quorum) of `2f + 1` | while a majority is up and keeps its keys; bounded drift between the client and each server | if **every** server keeps its data; or, for a server that loses it, if its clock is no further behind the others' than the restart took (and within [`COUNTER_IDLE`]) | `--test quorum --test quorum_clocks` |
+//! | [cluster](LockServer::cluster) | as one server, on the master that owns the name's slot; a slot that moves keeps its keys (`MIGRATE`) | as one server; a master's failover to its replica as Sentinel, below | `--test cluster` |
+//! | [Sentinel](LockServer::sentinel) | lost across a failover to a replica that missed the grant: two holders can overlap | a promoted replica issues above the old master's tokens if its clock is behind the old master's by less than the failover took (seconds: `down-after-milliseconds` + election) | `--test sentinel` |
+//!
+//! (Each command is `cargo test -p fencelock-redis …`; every test starts its own servers.)
+//!
+//! - **Quorum.** The token argument needs the server where two majorities meet to remember the
+//!   first one's token. A server restarted without its data remembers nothing and floors at its
+//!   own clock: if the token came from another server's clock running ahead of it, a later
+//!   majority through it can issue a smaller token, and a stale holder's fenced write is then
+//!   admitted. `quorum_clocks` runs exactly that (one clock an hour ahead, one server restarted
+//!   empty) and shows the token going back, and that either half of the condition — the server
+//!   keeping its data, or the clocks in step — keeps tokens growing. Redis's own advice holds
+//!   here too: `appendfsync always`, or keep a server that lost its data out for longer than the
+//!   clock skew you cannot rule out ("delayed restart").
+//! - **Cluster.** Each name's keys share its `{name}` hash tag, so a lock, its counter, its queue
+//!   and its fenced resource all live on the name's slot. A fenced pipeline on a cluster may
+//!   only touch keys that carry the resource's name as their hash tag (`sold:{AAPL}`): any
+//!   other key is refused with [`Error::InvalidInput`] before anything runs (the script checks
+//!   every key with `COMMAND GETKEYS` first). [`try_acquire_all`] takes locks of one slot only.
+//!   A master that dies makes its slots' calls fail with [`Error::Redis`] within a few timeouts;
+//!   the other slots keep working (with `cluster-require-full-coverage no`).
+//! - **Sentinel.** Replication is asynchronous: a failover can lose the last grants and the lock
+//!   key with them, so two holders can overlap — which only fencing catches. The token's time
+//!   floor makes the promoted replica issue tokens above the lost ones (a counter alone would
+//!   issue them again), so the old holder's fenced write is refused once the new holder has
+//!   written. It cannot be refused when the resource's highest token was itself lost in the
+//!   failover (written on the old master after replication stopped): keep fenced resources whose
+//!   history matters on a server that does not fail over, or on a quorum-protected store.
+//!   `WAIT` for a replica's acknowledgement is not used: it cannot run inside the script that
+//!   grants, costs a round trip per grant, and narrows the window without closing it.
+//!
+//! Compared with the anchors: Redisson's `RFencedLock` takes its token from `INCR`, which a
+//! failover that lost increments repeats; Redlock gives no token at all and its exclusion rests
+//! on timing, and Redisson deprecated its `RedissonRedLock`.
 
 #![warn(missing_docs, rust_2018_idioms)]
 
 #[cfg(feature = "tokio")]
 pub mod aio;
+mod endpoint;
 mod error;
 mod fanout;
 mod fenced;

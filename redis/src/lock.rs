@@ -433,12 +433,14 @@ impl fmt::Debug for RedisLease {
 /// order of `locks`.
 ///
 /// The locks must live on one server (handles made separately for the same server are fine).
-/// This script names keys of several resources, so it runs on a single Redis server, not across
-/// the slots of a Redis Cluster.
+/// This script names keys of several resources, so on a Redis Cluster they must share a slot:
+/// names on different slots are refused before anything is sent (each name is its own hash
+/// tag, so in practice a cluster takes one lock at a time).
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for a lock named twice, locks on different servers, or a TTL out of
-/// range (nothing is sent); otherwise as [`RedisLock::try_acquire`].
+/// [`Error::InvalidInput`] for a lock named twice, locks on different servers or on different
+/// slots of a cluster, or a TTL out of range (nothing is sent); otherwise as
+/// [`RedisLock::try_acquire`].
 pub fn try_acquire_all(
     locks: &[&RedisLock],
     ttl: Duration,
@@ -474,6 +476,9 @@ pub fn try_acquire_all(
                 lock.name()
             ))
             .into());
+        }
+        if first.server.single().is_cluster() {
+            protocol::check_same_slot(&first.keys, &lock.keys)?;
         }
     }
     let nonce = Nonce::new();

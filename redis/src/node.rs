@@ -1,11 +1,14 @@
-//! One Redis server of a single-server [`LockServer`](crate::LockServer): its pooled blocking
-//! connections. (A quorum's servers are reached through [`fanout`](crate::fanout) instead.)
+//! One Redis server of a single-server [`LockServer`](crate::LockServer) — or the master a
+//! Sentinel group names, or a Redis Cluster: its pooled blocking connections. (A quorum's servers
+//! are reached through [`fanout`](crate::fanout) instead.)
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use redis::{Client, Connection, Value};
+use redis::{ConnectionLike, Value};
+
+use crate::endpoint::{Endpoint, Link};
 
 use crate::error::Error;
 use crate::protocol::{self, Request};
@@ -29,28 +32,39 @@ pub(crate) enum Resend {
 /// that many threads sharing one handle do not queue on one lock.
 const POOL_SHARDS: usize = 8;
 
+/// Idle connections, sharded.
+#[derive(Default)]
+struct Pool([Mutex<Vec<Link>>; POOL_SHARDS]);
+
 /// One server: how to reach it, and its idle connections.
 pub(crate) struct Node {
-    client: Client,
+    endpoint: Endpoint,
     connect_timeout: Duration,
     io_timeout: Duration,
-    idle: [Mutex<Vec<Connection>>; POOL_SHARDS],
+    idle: Pool,
+    /// On a cluster, connections that never send a request twice ([`Resend::Never`]).
+    idle_once: Pool,
 }
 
 impl Node {
-    pub(crate) fn new(client: Client, connect_timeout: Duration, io_timeout: Duration) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, connect_timeout: Duration, io_timeout: Duration) -> Self {
         Self {
-            client,
+            endpoint,
             connect_timeout,
             io_timeout,
-            idle: Default::default(),
+            idle: Pool::default(),
+            idle_once: Pool::default(),
         }
     }
 
     /// `host:port` and database, to tell servers apart.
     pub(crate) fn identity(&self) -> (String, i64) {
-        let info = self.client.get_connection_info();
-        (info.addr().to_string(), info.redis_settings().db())
+        self.endpoint.identity()
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.endpoint.is_cluster()
     }
 
     /// Runs one script request on a pooled connection and returns its raw reply, and whether
@@ -59,7 +73,7 @@ impl Node {
         let mut sends = 0;
         let reply = self.with_connection(resend, |con| {
             sends += 1;
-            run(con, request)
+            run(con.as_dyn(), request)
         })?;
         Ok((reply, sends > 1))
     }
@@ -75,36 +89,43 @@ impl Node {
     pub(crate) fn with_connection<T>(
         &self,
         resend: Resend,
-        mut request: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+        mut request: impl FnMut(&mut Link) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
-        let pooled = self.pop_idle();
+        let once = resend == Resend::Never && self.endpoint.is_cluster();
+        let pool = if once { &self.idle_once } else { &self.idle };
+        let pooled = pool.pop();
         let reused = pooled.is_some();
         let mut con = match pooled {
             Some(con) => con,
-            None => self.connect()?,
+            None => self.connect(once)?,
         };
         let error = match request(&mut con) {
             Ok(reply) => {
-                self.give_back(con);
+                pool.give_back(con);
                 return Ok(reply);
             }
             Err(error) => error,
         };
         drop(con);
-        let connection_failed =
-            error.is_io_error() || error.is_timeout() || error.is_connection_dropped();
+        let connection_failed = error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_dropped()
+            // A Sentinel group's old master, demoted: ask the Sentinels again.
+            || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
         if connection_failed {
-            for shard in &self.idle {
-                lock(shard).clear();
-            }
+            pool.clear();
         }
         let closed = error.is_connection_dropped() && !error.is_timeout();
-        if !(reused && closed && resend == Resend::IfStale) {
+        // A cluster's `MOVED` ran nothing: a connection that does not follow it by itself (one
+        // that never sends twice) is dropped with its stale slot map, and the request sent once
+        // more on a fresh one.
+        let moved = once && error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Moved);
+        if !(moved || reused && closed && resend == Resend::IfStale) {
             return Err(error.into());
         }
-        let mut con = self.connect()?;
+        let mut con = self.connect(once)?;
         let reply = request(&mut con)?;
-        self.give_back(con);
+        pool.give_back(con);
         Ok(reply)
     }
 
@@ -125,27 +146,28 @@ impl Node {
         // BLPOP's 0 means "forever": never send it.
         let timeout = timeout.max(Duration::from_millis(1));
         if !precise {
+            // The pop's own timeout is the server's; the read waits that long and the I/O timeout.
             let read = timeout.saturating_add(self.io_timeout);
             return self.with_connection(Resend::IfStale, |con| {
                 con.set_read_timeout(Some(read))?;
-                let popped = blpop(con, key, timeout);
+                let popped = blpop(con.as_dyn(), key, timeout);
                 con.set_read_timeout(Some(self.io_timeout))?;
                 popped
             });
         }
-        let mut con = match self.pop_idle() {
+        let mut con = match self.idle.pop() {
             Some(con) => con,
-            None => self.connect()?,
+            None => self.connect(false)?,
         };
         con.set_read_timeout(Some(timeout))?;
         match blpop(
-            &mut con,
+            con.as_dyn(),
             key,
             timeout.saturating_add(Duration::from_secs(1)),
         ) {
             Ok(()) => {
                 con.set_read_timeout(Some(self.io_timeout))?;
-                self.give_back(con);
+                self.idle.give_back(con);
                 Ok(())
             }
             // Nothing within the timeout: the pop is still pending there, so the connection goes.
@@ -157,41 +179,41 @@ impl Node {
     /// Ends a blocking pop of `key` on this server early (see [`protocol::unblock`]).
     pub(crate) fn unblock(&self, key: &str) -> Result<(), Error> {
         self.with_connection(Resend::IfStale, |con| {
-            protocol::unblock(key).query::<()>(con)
+            protocol::unblock(key).query::<()>(con.as_dyn())
         })
     }
 
-    fn give_back(&self, con: Connection) {
-        let mut idle = lock(&self.idle[shard()]);
+    #[cold]
+    fn connect(&self, once: bool) -> Result<Link, Error> {
+        self.endpoint
+            .connect(once, self.connect_timeout, self.io_timeout)
+    }
+}
+
+impl Pool {
+    /// An idle connection: from this thread's shard, else from any other.
+    fn pop(&self) -> Option<Link> {
+        let own = shard();
+        (0..POOL_SHARDS).find_map(|i| lock(&self.0[(own + i) % POOL_SHARDS]).pop())
+    }
+
+    fn give_back(&self, con: Link) {
+        let mut idle = lock(&self.0[shard()]);
         if idle.len() < MAX_IDLE_CONNECTIONS / POOL_SHARDS {
             idle.push(con);
         }
     }
 
-    #[cold]
-    fn connect(&self) -> Result<Connection, Error> {
-        Ok(self.connect_raw()?)
-    }
-
-    #[cold]
-    fn connect_raw(&self) -> redis::RedisResult<Connection> {
-        let con = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)?;
-        con.set_read_timeout(Some(self.io_timeout))?;
-        con.set_write_timeout(Some(self.io_timeout))?;
-        Ok(con)
-    }
-
-    /// An idle connection: from this thread's shard, else from any other.
-    fn pop_idle(&self) -> Option<Connection> {
-        let own = shard();
-        (0..POOL_SHARDS).find_map(|i| lock(&self.idle[(own + i) % POOL_SHARDS]).pop())
+    /// Drops every idle connection: they share the server's fate (a restart, a pause).
+    fn clear(&self) {
+        for shard in &self.0 {
+            lock(shard).clear();
+        }
     }
 }
 
 /// `BLPOP key timeout`, whatever it pops.
-fn blpop(con: &mut Connection, key: &str, timeout: Duration) -> redis::RedisResult<()> {
+fn blpop(con: &mut dyn ConnectionLike, key: &str, timeout: Duration) -> redis::RedisResult<()> {
     redis::cmd("BLPOP")
         .arg(key)
         .arg(timeout.as_secs_f64())
@@ -200,7 +222,7 @@ fn blpop(con: &mut Connection, key: &str, timeout: Duration) -> redis::RedisResu
 }
 
 /// `EVALSHA` the request; after `NOSCRIPT`, load the script and send it once more.
-fn run(con: &mut Connection, request: &Request) -> redis::RedisResult<Value> {
+fn run(con: &mut dyn ConnectionLike, request: &Request) -> redis::RedisResult<Value> {
     match request.evalsha().query::<Value>(con) {
         Err(error) if protocol::is_noscript(&error) => {
             request.script().load(con)?;
@@ -210,7 +232,7 @@ fn run(con: &mut Connection, request: &Request) -> redis::RedisResult<Value> {
     }
 }
 
-fn lock(shard: &Mutex<Vec<Connection>>) -> MutexGuard<'_, Vec<Connection>> {
+fn lock(shard: &Mutex<Vec<Link>>) -> MutexGuard<'_, Vec<Link>> {
     // The pool holds no invariant a panic could break: a poisoned one is still a pool.
     shard.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -5,8 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{Client, Value};
+use redis::{Client, IntoConnectionInfo, Value};
 
+use crate::endpoint::{Endpoint, Link};
 use crate::fanout::{self, Sockets};
 
 use crate::error::{Error, InvalidInput};
@@ -166,7 +167,7 @@ impl LockServerBuilder {
     }
 
     /// A client for `url`, with the TLS certificates if there are any and it is a TLS URL.
-    fn client(&self, url: &str) -> Result<Client, Error> {
+    pub(crate) fn client(&self, url: &str) -> Result<Client, Error> {
         #[cfg(feature = "tls")]
         if let Some(certificates) = &self.settings.tls {
             if url.starts_with("rediss://") {
@@ -234,7 +235,7 @@ impl LockServerBuilder {
         };
         let nodes: Vec<Node> = clients
             .into_iter()
-            .map(|client| Node::new(client, s.connect_timeout, s.io_timeout))
+            .map(|client| Node::new(Endpoint::Server(client), s.connect_timeout, s.io_timeout))
             .collect();
         Ok(LockServer {
             inner: Arc::new(Inner {
@@ -243,6 +244,108 @@ impl LockServerBuilder {
                 settings,
             }),
         })
+    }
+
+    /// A handle to the Redis Cluster that `urls` are nodes of (any of its masters: the others
+    /// are found). Each lock and fenced resource lives on the master that owns its name's slot;
+    /// see the crate docs' *Topologies* for what a cluster promises. Connects lazily. Give
+    /// several nodes: a connection is opened again after an error, from the first of `urls`
+    /// that answers.
+    ///
+    /// Calls follow `MOVED` and `ASK` (a slot that moved, or is moving) and refresh the slot map
+    /// on their own, up to three times each, so a call is bounded by four connect and I/O
+    /// timeouts.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] if a URL does not parse; [`Error::InvalidInput`] for no URL or a bad
+    /// setting.
+    pub fn cluster(self, urls: &[&str]) -> Result<LockServer, Error> {
+        self.validate()?;
+        let s = &self.settings;
+        let endpoint = Endpoint::cluster(
+            urls,
+            s.connect_timeout,
+            s.io_timeout,
+            #[cfg(feature = "tls")]
+            s.tls.as_ref(),
+        )?;
+        Ok(self.single(endpoint))
+    }
+
+    /// A handle to the master that the Sentinels at `sentinels` name `master_name`, found again
+    /// after every connection failure — so a failover is followed. The master is logged in to
+    /// as the Sentinel URLs' scheme says, with no user or password and database 0; use
+    /// [`sentinel_of`](Self::sentinel_of) for others. See the crate docs' *Topologies* for what
+    /// a failover does to leases and tokens. Connects lazily.
+    ///
+    /// # Errors
+    /// [`Error::Redis`] if a URL does not parse; [`Error::InvalidInput`] for an empty name, no
+    /// Sentinel, or a bad setting.
+    pub fn sentinel(self, master_name: &str, sentinels: &[&str]) -> Result<LockServer, Error> {
+        let clients = sentinels
+            .iter()
+            .map(|url| self.client(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let master = self.sentinel_master_template(sentinels)?;
+        self.sentinel_of(master_name, clients, master)
+    }
+
+    /// As [`sentinel`](Self::sentinel), with clients for the Sentinels and the master's
+    /// connection settings: `master`'s database, user, password and TLS are used, its address
+    /// replaced by the one a Sentinel names (e.g. `"redis://lock:secret@master/2"`).
+    ///
+    /// # Errors
+    /// As [`sentinel`](Self::sentinel).
+    pub fn sentinel_of(
+        self,
+        master_name: &str,
+        sentinels: Vec<Client>,
+        master: impl IntoConnectionInfo,
+    ) -> Result<LockServer, Error> {
+        self.validate()?;
+        let endpoint = Endpoint::sentinel(
+            master_name,
+            sentinels,
+            master.into_connection_info()?,
+            #[cfg(feature = "tls")]
+            self.settings.tls.as_ref(),
+        )?;
+        Ok(self.single(endpoint))
+    }
+
+    /// The master's connection settings when only the Sentinels' URLs are given: TLS if they
+    /// use it, no user or password, database 0. (The address is the one a Sentinel names.)
+    pub(crate) fn sentinel_master_template(
+        &self,
+        sentinels: &[&str],
+    ) -> Result<redis::ConnectionInfo, Error> {
+        let scheme = if sentinels
+            .first()
+            .is_some_and(|url| url.starts_with("rediss://"))
+        {
+            "rediss"
+        } else {
+            "redis"
+        };
+        Ok(format!("{scheme}://127.0.0.1:6379").into_connection_info()?)
+    }
+
+    /// The settings, for a handle that was checked with [`validate`](Self::validate).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn into_settings(self) -> Settings {
+        self.settings
+    }
+
+    /// A single-server handle (one server, a Sentinel group, a cluster) on `endpoint`.
+    fn single(self, endpoint: Endpoint) -> LockServer {
+        let s = self.settings;
+        LockServer {
+            inner: Arc::new(Inner {
+                nodes: vec![Node::new(endpoint, s.connect_timeout, s.io_timeout)],
+                sockets: Vec::new(),
+                settings: s,
+            }),
+        }
     }
 
     /// The settings and the servers, checked: the settings in range, an odd number of
@@ -271,7 +374,7 @@ impl LockServerBuilder {
         Ok((self.settings, clients))
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         let s = &self.settings;
         for (what, timeout) in [
             ("connect timeout", s.connect_timeout),
@@ -342,6 +445,40 @@ impl LockServer {
         Self::builder().quorum_of(clients)
     }
 
+    /// A handle to the Redis Cluster `urls` belong to, with the default settings; see
+    /// [`LockServerBuilder::cluster`].
+    ///
+    /// ```no_run
+    /// use fencelock_redis::LockServer;
+    ///
+    /// let server = LockServer::cluster(&["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])?;
+    /// let book = server.lock("AAPL")?; // on the master that owns the slot of `{AAPL}`
+    /// # Ok::<(), fencelock_redis::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`LockServerBuilder::cluster`].
+    pub fn cluster(urls: &[&str]) -> Result<Self, Error> {
+        Self::builder().cluster(urls)
+    }
+
+    /// A handle to the master the Sentinels at `sentinels` name `master_name`, with the default
+    /// settings; see [`LockServerBuilder::sentinel`].
+    ///
+    /// ```no_run
+    /// use fencelock_redis::LockServer;
+    ///
+    /// let sentinels = ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"];
+    /// let server = LockServer::sentinel("exchange", &sentinels)?;
+    /// # Ok::<(), fencelock_redis::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`LockServerBuilder::sentinel`].
+    pub fn sentinel(master_name: &str, sentinels: &[&str]) -> Result<Self, Error> {
+        Self::builder().sentinel(master_name, sentinels)
+    }
+
     /// How many servers this handle spreads each lease over (1 for a single server).
     #[must_use]
     pub fn servers(&self) -> usize {
@@ -378,7 +515,8 @@ impl LockServer {
         let mut answered = 0;
         let mut last_error = None;
         for node in &self.inner.nodes {
-            match node.with_connection(Resend::IfStale, |con| redis::cmd("PING").query::<()>(con)) {
+            let ping = |con: &mut Link| redis::cmd("PING").query::<()>(con.as_dyn());
+            match node.with_connection(Resend::IfStale, ping) {
                 Ok(()) => answered += 1,
                 Err(e) => last_error = Some(e),
             }

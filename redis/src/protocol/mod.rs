@@ -26,16 +26,16 @@
 //!
 //! # Tokens
 //!
-//! A token is the resource's counter + 1 — or, where the resource has no counter (new, lost in a
-//! restart, or expired [`COUNTER_IDLE`] after its last use), the server's `TIME` in µs — computed
+//! A token is the larger of the resource's counter + 1 and the server's `TIME` in µs, computed
 //! by the server inside the script that grants the lock. So tokens grow across grants while the
-//! counter survives (even if the server's clock goes back), *and* across a restart that lost the
-//! counter or an idle counter that expired (as long as the server's clock did not go back and
-//! fewer than one token per microsecond were issued on average since the counter was born). Both
-//! would have to fail at once for a token to repeat. Lua numbers
-//! are doubles: tokens stay below 2⁵³ (exact in a double) until the year 2255, every token crosses
-//! the Lua boundary as a string of digits (`%.0f`, never Lua's default `%.14g`), and the script
-//! refuses to issue one at or above 2⁵³.
+//! counter survives (even if the server's clock goes back), *and* — with no counter at all —
+//! whenever the clock of the server that issues the next token is ahead of every token issued
+//! before: after a restart that lost the counter, a counter that expired [`COUNTER_IDLE`] after
+//! its last use, or a failover to a replica that missed the last grants (its clock then needs to
+//! be behind the old master's by less than the failover took). Both would have to fail at once
+//! for a token to repeat. Lua numbers are doubles: tokens stay below 2⁵³ (exact in a double)
+//! until the year 2255, every token crosses the Lua boundary as a string of digits (`%.0f`, never
+//! Lua's default `%.14g`), and the script refuses to issue one at or above 2⁵³.
 
 use core::time::Duration;
 use std::collections::hash_map::RandomState;
@@ -208,6 +208,41 @@ pub(crate) fn fenced_key(prefix: &str, name: &str) -> Result<String, Error> {
     Ok(format!("{prefix}{{{name}}}:fenced"))
 }
 
+/// On a Redis Cluster, one script may only touch keys of one slot: `InvalidInput` unless the
+/// locks `a` and `b` (each on its own `{name}` hash tag) hash to the same slot.
+pub(crate) fn check_same_slot(a: &LockKeys, b: &LockKeys) -> Result<(), Error> {
+    let slot = |keys: &LockKeys| cluster_slot(&keys.name);
+    if slot(a) == slot(b) {
+        return Ok(());
+    }
+    Err(InvalidInput::new(format!(
+        "try_acquire_all: {:?} and {:?} are on different slots of the cluster (slots {} and {}); \
+         one script can only lock keys of one slot: acquire them one by one, in a fixed order",
+        a.name,
+        b.name,
+        slot(a),
+        slot(b)
+    ))
+    .into())
+}
+
+/// The Redis Cluster slot of keys whose hash tag is `tag`: CRC16 (XMODEM: polynomial 0x1021,
+/// initial value 0) of the tag, modulo 16384 — the Redis Cluster specification's `HASH_SLOT`.
+pub(crate) fn cluster_slot(tag: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in tag.as_bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 /// A Lua script: its source (for `EVAL`, which also loads it) and its SHA1 (for `EVALSHA`).
 #[derive(Debug)]
 pub(crate) struct Lua {
@@ -299,18 +334,17 @@ pub(crate) fn is_noscript(error: &redis::RedisError) -> bool {
     error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
-/// `next_token(counter, idle_ms)`: the next token for the counter key — its value + 1, or the
-/// server's time in µs where there is none — stored back with the idle TTL; a string of digits,
-/// or nil past 2⁵³ − 1.
+/// `next_token(counter, idle_ms)`: the next token for the counter key — the larger of its value
+/// plus one and the server's time in µs — stored back with the idle TTL; a string of digits, or
+/// nil past 2⁵³ − 1. The time floor is what a promoted replica that missed the last grants, or
+/// a restart that lost the counter, issues above: see the module docs.
 const NEXT_TOKEN_LUA: &str = r"
 local function next_token(counter, idle_ms)
+  local time = redis.call('TIME')
+  local token = tonumber(time[1]) * 1000000 + tonumber(time[2])
   local last = redis.call('GET', counter)
-  local token
-  if last then
+  if last and tonumber(last) >= token then
     token = tonumber(last) + 1
-  else
-    local time = redis.call('TIME')
-    token = tonumber(time[1]) * 1000000 + tonumber(time[2])
   end
   if token > 9007199254740991 then
     return nil
@@ -613,9 +647,14 @@ return 1
     )
 });
 
-/// A fenced write. KEYS: the fenced key. ARGV: token, then each command as its argument count
-/// followed by its arguments. Returns {1} after recording the token and running every command,
-/// or {0, highest} when the token is below the highest admitted (nothing ran).
+/// A fenced write. KEYS: the fenced key. ARGV: token, the hash tag every key must carry (empty:
+/// any key; a cluster passes the resource's name), then each command as its argument count
+/// followed by its arguments. Returns {1} after recording the token and running every command;
+/// {0, highest} when the token is below the highest admitted; {2, key} when a command's key
+/// lacks the hash tag (found by `COMMAND GETKEYS` before anything runs); {3, error} when the
+/// user may not run `COMMAND GETKEYS`. Nothing ran in the last three cases. (`GETKEYS` fails
+/// for a command with no keys, and for one with wrong arguments, which then fails by itself
+/// without touching another slot: both pass the check.)
 static FENCED_WRITE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"
@@ -623,8 +662,29 @@ local highest = redis.call('GET', KEYS[1])
 if highest and tonumber(highest) > tonumber(ARGV[1]) then
   return {0, highest}
 end
+local tag = ARGV[2]
+if tag ~= '' then
+  local i = 3
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    local keys = redis.pcall('COMMAND', 'GETKEYS', unpack(ARGV, i + 1, i + n))
+    if type(keys) == 'table' and keys.err and string.sub(keys.err, 1, 6) == 'NOPERM' then
+      return {3, keys.err}
+    end
+    if type(keys) == 'table' and not keys.err then
+      for _, key in ipairs(keys) do
+        local open = string.find(key, '{', 1, true)
+        local close = open and string.find(key, '}', open + 1, true)
+        if not close or string.sub(key, open + 1, close - 1) ~= tag then
+          return {2, key}
+        end
+      end
+    end
+    i = i + n + 1
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1])
-local i = 2
+local i = 3
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + n))
@@ -641,8 +701,8 @@ return {1}
 /// comes next, so that every server orders the same waiters the same way. Then: sets the lock
 /// key to `nonce:` (no token yet) if it is absent and no other live waiter queues first — or,
 /// where it already holds this nonce (a resend, or an earlier try of the same waiter), gives it
-/// the TTL again — and returns {1, floor}, where floor = the counter, or the server's time in µs
-/// where there is none, as digits: the token must exceed it. Otherwise returns {0, value, PTTL}
+/// the TTL again — and returns {1, floor}, where floor = the larger of the counter and the
+/// server's time in µs, as digits: the token must exceed it. Otherwise returns {0, value, PTTL}
 /// while another acquisition holds the key, {0, ''} when it is free but a waiter is first; the
 /// lock key unchanged. Round 2
 /// takes the waiter out of the queue where it stores the token; the lease's release, everywhere.
@@ -666,12 +726,13 @@ else
   end
   redis.call('SET', KEYS[1], mine, 'PX', ARGV[2])
 end
+local s, us = clock()
+local floor = s * 1000000 + us
 local last = redis.call('GET', KEYS[2])
-if last then
+if last and tonumber(last) > floor then
   return {1, last}
 end
-local s, us = clock()
-return {1, string.format('%.0f', s * 1000000 + us)}
+return {1, string.format('%.0f', floor)}
 ",
     )
 });
@@ -880,15 +941,18 @@ fn release_on_quorum(keys: &LockKeys, nonce: &Nonce, lease: bool) -> Request {
     call
 }
 
-/// The request that runs `commands` on the fenced resource at `key` if `token` is admitted.
+/// The request that runs `commands` on the fenced resource at `key` if `token` is admitted; on a
+/// cluster, `slot_tag` is the resource's name, which every key of `commands` must carry as its
+/// hash tag (`sold:{AAPL}`), so that they all live on the resource's slot.
 pub(crate) fn fenced_write(
     key: &str,
     token: FencingToken,
     commands: &redis::Pipeline,
+    slot_tag: Option<&str>,
 ) -> Result<Request, Error> {
     check_token(token)?;
     let mut call = Request::new(&FENCED_WRITE);
-    call.key(key).arg(token.get());
+    call.key(key).arg(token.get()).arg(slot_tag.unwrap_or(""));
     for cmd in commands.cmd_iter() {
         let argc = cmd.args_iter().len();
         if argc == 0 || argc > MAX_FENCED_ARGS {
@@ -1108,6 +1172,19 @@ pub(crate) fn decode_fenced_write(reply: &Value, token: FencingToken) -> Result<
                 presented: token,
                 highest: decode_token(highest)?,
             })),
+            [Value::Int(2), Value::BulkString(key)] => Err(InvalidInput::new(format!(
+                "a fenced write on a cluster touches the key `{}`, which is not on the \
+                 resource's slot; nothing ran. Give every key of the pipeline the resource's \
+                 name as its hash tag (`sold:{{NAME}}`)",
+                String::from_utf8_lossy(key)
+            ))
+            .into()),
+            [Value::Int(3), Value::BulkString(error)] => Err(Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm),
+                "fencelock-redis: a fenced write on a cluster checks its keys with COMMAND GETKEYS, \
+                 which this user may not run (allow +command|getkeys); nothing ran",
+                String::from_utf8_lossy(error).into_owned(),
+            )))),
             _ => Err(unexpected(format!(
                 "unexpected fenced write reply {reply:?}"
             ))),
@@ -1265,13 +1342,16 @@ mod tests {
             let mut pipe = redis::pipe();
             pipe.cmd("SET").arg("k").arg(1).cmd(refused).arg("x");
             assert!(
-                matches!(fenced_write("f", t, &pipe), Err(Error::InvalidInput(_))),
+                matches!(
+                    fenced_write("f", t, &pipe, None),
+                    Err(Error::InvalidInput(_))
+                ),
                 "{refused}"
             );
         }
         let mut fine = redis::pipe();
         fine.cmd("RPUSH").arg("sold").arg(1).cmd("LPOP").arg("book");
-        assert!(fenced_write("f", t, &fine).is_ok());
+        assert!(fenced_write("f", t, &fine, None).is_ok());
     }
 
     #[test]
@@ -1279,7 +1359,14 @@ mod tests {
         assert!(check_token(FencingToken::new(MAX_TOKEN)).is_ok());
         assert!(check_token(FencingToken::new(MAX_TOKEN + 1)).is_err());
         let pipe = redis::pipe();
-        assert!(fenced_write("k", FencingToken::new(u64::MAX), &pipe).is_err());
+        assert!(fenced_write("k", FencingToken::new(u64::MAX), &pipe, None).is_err());
+    }
+
+    #[test]
+    fn cluster_slots_match_the_specification() {
+        // The Redis Cluster specification's check value: CRC16("123456789") = 0x31C3.
+        assert_eq!(cluster_slot("123456789"), 0x31C3); // below 16384 already
+        assert_eq!(cluster_slot(""), 0);
     }
 
     #[test]

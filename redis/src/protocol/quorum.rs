@@ -8,13 +8,19 @@
 //!
 //! An acquisition holds the lock only once a majority of the `n` servers *stored* its token `t`
 //! (round 2), each only while its key was still present there. Round 1 asked every server for
-//! its floor — its counter, or its time in µs where it has none — and `t` is one more than the largest floor
-//! among the servers that granted. Take any later acquisition: its round-1 majority meets our
-//! round-2 majority on some server `S` (two majorities of `n` always share one). On `S` it could
-//! set its key only after ours was gone, so after our `t` was stored, so it read a floor of at
-//! least `t` there and picks a token above `t`. No timing assumption enters this argument, only
-//! that a majority of servers keep their data (`appendonly yes`, `appendfsync always`) — or that
-//! their clocks do not go back, since a server that lost its counter floors it at its clock.
+//! its floor — the larger of its counter and its time in µs — and `t` is one more than the
+//! largest floor among the servers that granted. Take any later acquisition: its round-1
+//! majority meets our round-2 majority on some server `S` (two majorities of `n` always share
+//! one). On `S` it could set its key only after ours was gone, so after our `t` was stored, so
+//! it read a floor of at least `t` there and picks a token above `t` — *if `S` still has our
+//! `t`*. No timing assumption enters while every server keeps its data (`appendonly yes`,
+//! `appendfsync always`). A server that lost it (a restart without persistence, or a counter
+//! idle for [`COUNTER_IDLE`](super::COUNTER_IDLE)) floors at its own clock, and `t` may have
+//! come from another server's clock: then tokens grow only if the clocks agree to within the
+//! time that server was without its data. The meeting server may be exactly the one that lost
+//! it, with the only other copies of `t` unreachable, so no protocol can recover `t` there; a
+//! delayed restart (keeping the server out for longer than the clock skew) is the remedy, and
+//! `tests/quorum_clocks.rs` shows both sides.
 //! The *lease* (mutual exclusion in time) additionally assumes bounded clock drift between the
 //! client and the servers: its validity is the TTL minus the time since round 1 was sent, minus
 //! [`drift_allowance`](super::drift_allowance).

@@ -3,13 +3,16 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod behaviour;
+pub mod clock;
+pub mod cluster;
+pub mod sentinel;
 pub mod server;
 
 use std::time::Duration;
 
 use fencelock_redis::{LockServer, LockServerBuilder};
 
-pub use server::{Persistence, RedisProcess};
+pub use server::{Options, Persistence, RedisProcess};
 
 /// Short timeouts, so fault tests end quickly; still generous for a loopback server.
 pub fn quick_builder() -> LockServerBuilder {

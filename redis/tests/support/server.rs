@@ -57,6 +57,55 @@ pub struct RedisProcess {
     persistence: Persistence,
     paused: bool,
     tls: Option<TlsFiles>,
+    /// More `redis-server` arguments (after the defaults, so they override them).
+    args: Vec<String>,
+    /// More environment variables for the process (an `LD_PRELOAD` clock shim, say).
+    env: Vec<(String, String)>,
+}
+
+/// How to start a [`RedisProcess`] beyond the defaults: `RedisProcess::options()...start()`.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    persistence: Option<Persistence>,
+    tls: Option<TlsFiles>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Options {
+    /// How the server keeps its data (default: nothing survives a restart).
+    pub fn persistence(mut self, persistence: Persistence) -> Self {
+        self.persistence = Some(persistence);
+        self
+    }
+
+    /// A TLS-only server.
+    pub fn tls(mut self, tls: TlsFiles) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// More `redis-server` arguments, given after the defaults (so they override them), e.g.
+    /// `["--cluster-enabled", "yes"]`. Kept across restarts.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// An environment variable for the server process (kept across restarts).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the server on a free port, in a fresh directory.
+    pub fn start(self) -> RedisProcess {
+        RedisProcess::start_inner(self)
+    }
 }
 
 impl RedisProcess {
@@ -67,7 +116,12 @@ impl RedisProcess {
 
     /// Starts a server with the given persistence, on a free port, in a fresh directory.
     pub fn start_with(persistence: Persistence) -> Self {
-        Self::start_inner(persistence, None)
+        Self::options().persistence(persistence).start()
+    }
+
+    /// Options beyond the defaults: extra arguments, environment, persistence, TLS.
+    pub fn options() -> Options {
+        Options::default()
     }
 
     /// Starts a TLS-only server (`--port 0 --tls-port P`) that keeps nothing across restarts.
@@ -77,10 +131,10 @@ impl RedisProcess {
 
     /// Starts a TLS-only server with the given persistence, on a free port, in a fresh directory.
     pub fn start_tls_with(tls: TlsFiles, persistence: Persistence) -> Self {
-        Self::start_inner(persistence, Some(tls))
+        Self::options().tls(tls).persistence(persistence).start()
     }
 
-    fn start_inner(persistence: Persistence, tls: Option<TlsFiles>) -> Self {
+    fn start_inner(options: Options) -> Self {
         let dir = fresh_dir();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
@@ -88,9 +142,11 @@ impl RedisProcess {
                 child: None,
                 port,
                 dir: dir.clone(),
-                persistence,
+                persistence: options.persistence.unwrap_or(Persistence::None),
                 paused: false,
-                tls: tls.clone(),
+                tls: options.tls.clone(),
+                args: options.args.clone(),
+                env: options.env.clone(),
             };
             if server.spawn() {
                 return server;
@@ -117,6 +173,11 @@ impl RedisProcess {
     /// The TCP port (the TLS port, for a TLS server).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The server's data directory.
@@ -198,6 +259,8 @@ impl RedisProcess {
                 cmd.args(["--appendonly", "yes", "--appendfsync", "always"])
             }
         };
+        cmd.args(&self.args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -302,19 +365,25 @@ pub fn ping_tls(port: u16, tls: &TlsFiles) -> bool {
     status.success() && out.trim() == "PONG"
 }
 
-fn free_port() -> u16 {
+/// A port free on 127.0.0.1 a moment ago (see `PORT_ATTEMPTS` for when it was taken meanwhile).
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
 
 fn fresh_dir() -> PathBuf {
+    fresh_dir_named("fencelock-redis")
+}
+
+/// A new, empty temporary directory `PREFIX-PID-N`, for one process of a test.
+pub fn fresh_dir_named(prefix: &str) -> PathBuf {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "fencelock-redis-{}-{}",
+        "{prefix}-{}-{}",
         std::process::id(),
         SEQUENCE.fetch_add(1, Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create the server's temporary directory");
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
     dir
 }
