@@ -43,7 +43,7 @@ const FIXED: std::ops::Range<usize> = 1..4;
 type Runner = fn(u64) -> Duration;
 
 /// A scenario: its name in `spin_lock.rs`, ops per thread per run (about 10 ms of work on the
-/// README's machine, so that a round rarely straddles a move of the virtual CPUs), and one runner
+/// benchmarks' machine (docs/benchmarks.md), so that a round rarely straddles a move of the virtual CPUs), and one runner
 /// per strategy, in the order of [`STRATEGIES`].
 struct Scenario {
     name: &'static str,

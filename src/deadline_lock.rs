@@ -264,8 +264,15 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
         if let Some(acquired) = self.try_acquire(lease) {
             return acquired;
         }
+        #[cfg(feature = "tracing")]
+        let began = self.now();
         loop {
             if let Some(acquired) = self.wait(lease, None) {
+                crate::trace::debug_event!(
+                    token = acquired.token().get(),
+                    waited_ns = self.now().saturating_sub(began),
+                    "acquire waited"
+                );
                 return acquired;
             }
         }
@@ -286,8 +293,14 @@ impl<T: ?Sized, C: Clock> DeadlineLock<T, C> {
         if let Some(acquired) = self.try_acquire(lease) {
             return Some(acquired);
         }
-        let give_up = nanos(self.clock.now()).saturating_add(nanos(wait));
-        self.wait(lease, Some(give_up))
+        let began = nanos(self.clock.now());
+        let waited = self.wait(lease, Some(began.saturating_add(nanos(wait))));
+        crate::trace::debug_event!(
+            token = waited.as_ref().map(Lease::token).map(FencingToken::get),
+            waited_ns = self.now().saturating_sub(began),
+            "acquire_timeout waited"
+        );
+        waited
     }
 
     /// The lock's clock, read, in nanoseconds: the unit of every deadline.
@@ -759,13 +772,20 @@ impl<T: ?Sized, C: Clock> Lease<'_, T, C> {
 
     /// `renew` with the clock already read: `now` is a reading of the lock's clock.
     pub(crate) fn renew_at(&mut self, now: u64, lease: Duration) -> Result<(), LeaseLost> {
-        if let Some(lost) = self.lock.lost(self.generation, self.deadline, now) {
-            return Err(lost);
+        let renewed = match self.lock.lost(self.generation, self.deadline, now) {
+            Some(lost) => Err(lost),
+            None => self.lock.renew(self.generation, self.deadline, now, lease),
+        };
+        match renewed {
+            Ok(deadline) => {
+                self.deadline = deadline;
+                Ok(())
+            }
+            Err(lost) => {
+                crate::trace::warn_event!(token = self.generation, %lost, "lease lost at renewal");
+                Err(lost)
+            }
         }
-        self.deadline = self
-            .lock
-            .renew(self.generation, self.deadline, now, lease)?;
-        Ok(())
     }
 
     /// Runs `read` on the data, if the lease still runs when the access starts; otherwise runs
@@ -802,7 +822,11 @@ impl<T: ?Sized, C: Clock> Lease<'_, T, C> {
     #[inline]
     pub fn release(self) -> Result<(), LeaseLost> {
         let this = ManuallyDrop::new(self);
-        this.lock.release(this.generation)
+        let released = this.lock.release(this.generation);
+        if let Err(_lost) = released {
+            crate::trace::warn_event!(token = this.generation, lost = %_lost, "lease lost at release");
+        }
+        released
     }
 }
 

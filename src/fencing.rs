@@ -152,10 +152,12 @@ impl<T> Fenced<T> {
     ) -> Result<R, StaleToken> {
         let mut guarded = self.inner.lock();
         if token < guarded.highest {
-            return Err(StaleToken {
+            let stale = StaleToken {
                 presented: token,
                 highest: guarded.highest,
-            });
+            };
+            crate::trace::warn_event!(%stale, "fenced write refused");
+            return Err(stale);
         }
         guarded.highest = token;
         Ok(write(&mut guarded.value))

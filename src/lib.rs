@@ -73,6 +73,10 @@
 //! - `lockdep` (off; implies `std`): each thread records the `SpinLock`s it holds, and a `lock()`
 //!   against the global lock order panics naming both call sites, so an ABBA deadlock shows in a
 //!   test the first time either order runs. Costs nothing when off.
+//! - `tracing` (off; `no_std`-capable): `warn!` events (target `fencelock`) for a [`Lease`]
+//!   found lost at `renew` or `release` and a [`Fenced`] write refused, and a `debug!` event per
+//!   [`DeadlineLock`] acquisition that had to wait (its token and how long it waited). Only slow
+//!   paths emit; off, nothing of it is compiled in.
 //!
 //! [`lock_slice`] and [`LockTable`] need `std`.
 
@@ -91,6 +95,7 @@ mod primitive;
 mod raw_spin_lock;
 pub mod relax;
 mod spin_lock;
+mod trace;
 mod versioned;
 
 #[cfg(feature = "std")]
@@ -110,6 +115,18 @@ pub use crate::spin_lock::{MappedSpinLockGuard, SpinLock, SpinLockGuard};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+/// The in-process design notes' examples (`docs/design.md`).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/design.md")]
+struct DesignDoctests;
+/// The Redis guide's examples (`docs/redis.md`), compiled only: they need a server.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/redis.md")]
+struct RedisDoctests;
+/// The deployment guide's TLS example (`docs/deploying.md`), compiled only.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/deploying.md")]
+struct DeployingDoctests;
 pub use crate::clock::Clock;
 #[cfg(target_has_atomic = "64")]
 pub use crate::clock::ManualClock;

@@ -112,7 +112,7 @@ pub struct Backoff;
 
 /// Attempts that still spin; from this one on, `Backoff` yields (or, without `std`, spins
 /// `1 << SPIN_LIMIT` hints). Three, so the spinning before the first yield (7 hints, about 100 ns
-/// on the README's machine) stays below the cost of one `yield_now` there (about 230 ns): longer
+/// on the benchmarks' machine, docs/benchmarks.md) stays below the cost of one `yield_now` there (about 230 ns): longer
 /// spinning only pays when the holder is running, and with more threads than cores it often is
 /// not. crossbeam-utils' `Backoff` spins up to 2<sup>6</sup>; that limit cost this lock about a
 /// fifth of its throughput with 8 threads on 2 cores (`benches/spin_lock.rs`).
@@ -140,11 +140,11 @@ impl Relax for Backoff {
 /// taking it at the first opening costs a cache-line transfer per critical section, while a
 /// waiter that steps aside (`yield_now`) lets the running holder do several critical sections in
 /// a row on a line it already owns — with 2 threads on one hot lock, [`Yield`] beats [`Backoff`]
-/// by about 1.7x on the README's 2-core machine. A wait that needs more than one look (holders
+/// by about 1.7x on the benchmarks' 2-core machine (docs/benchmarks.md). A wait that needs more than one look (holders
 /// that hold longer, a holder preempted, threads taking strict turns) puts the thread back on
 /// `Backoff`, whose short spins hand the lock over fastest when the hand-over is what everyone
 /// waits for. Leaving at the first longer wait costs it some of `Yield`'s lead on one hot lock
-/// (see the README's tables); staying longer (through waits of two or three looks) was tried: on
+/// (see docs/benchmarks.md); staying longer (through waits of two or three looks) was tried: on
 /// two hardware threads of one core it caught up with `Yield` on one hot lock and fell to
 /// `Yield`'s level in strict turns, about half of `Backoff` there.
 ///

@@ -189,7 +189,8 @@ pub fn run_random<P: Peer>(threads: usize, ops: u64) -> Duration {
 }
 
 /// Iterations of a black-boxed loop inside the lock in `long_section_4_threads`: about 100 ns on
-/// the README's machine (one iteration measured 0.25 ns there, alone on a core).
+/// the benchmarks' machine (one iteration measured 0.25 ns there, alone on a core; see
+/// docs/benchmarks.md).
 const LONG_SECTION: u32 = 400;
 
 /// `threads` threads each do `ops` ops whose critical section is [`LONG_SECTION`] long.
@@ -240,8 +241,8 @@ const ROUND_TRIPS: u64 = 20_000;
 /// cache line to go from one thread to the other and back (two threads bump a shared counter in
 /// turn).
 ///
-/// On a VM this moves while a bench runs, because the host moves the virtual CPUs: on the README's
-/// machine it reads about 50 ns (two hardware threads of one core), about 120 ns (two cores close
+/// On a VM this moves while a bench runs, because the host moves the virtual CPUs: on the
+/// benchmarks' machine (docs/benchmarks.md) it reads about 50 ns (two hardware threads of one core), about 120 ns (two cores close
 /// together) or 400 ns and more (far apart), and the hand-over scenarios change winners with it.
 /// A figure is only comparable with figures taken at the same placement.
 pub fn round_trip() -> f64 {

@@ -19,6 +19,10 @@
 //! another takes over, and the first one's late write is refused. Redis must then hold every sold
 //! unit settled exactly once.
 //!
+//! Beside the Redis ledgers, the trader processes and the settlers record the same sales and
+//! settlements in a SQLite file in a temporary directory of the run (`sql_ledger.rs`), each batch
+//! under its lease's token, checked by the database; the parent reads it back at the end.
+//!
 //! `--quorum N` takes the leases on a quorum of N lock servers instead (`LockServer::quorum`),
 //! while the books and ledgers live on a separate data server: a fenced resource is data on one
 //! server. Without URLs the parent starts N + 1 throwaway servers, and once a trader reports its
@@ -28,7 +32,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
@@ -42,8 +46,9 @@ use crate::redis_books::{
     book_key, connect, sold_key, symbol, units_of, StallReport, Tally, BOOKS, FIRST_SALE, HOT,
     READY, THREADS, TRADER_FLAG,
 };
-use crate::redis_process::RedisProcess;
+use crate::redis_process::{fresh_dir_named, RedisProcess};
 use crate::redis_settlement;
+use crate::sql_ledger::{self, SqlLedger};
 
 /// Trader processes when `--processes` is not given, and the most allowed.
 const DEFAULT_PROCESSES: usize = 3;
@@ -347,6 +352,9 @@ fn run(servers: &mut Servers, processes: usize) -> Result<String, Vec<String>> {
     let prefix = run_prefix();
     let mut con = connect(&servers.data_url).map_err(|e| vec![e])?;
     seed(&mut con, &prefix).map_err(|e| vec![format!("seeding the books: {e}")])?;
+    let sql_dir = TempDir(fresh_dir_named("fencelock-exchange"));
+    let sql = sql_dir.0.join(sql_ledger::FILE);
+    SqlLedger::create(&sql).map_err(|e| vec![e])?;
 
     let lock_urls = servers.lock_urls.join(",");
     let data_url = servers.data_url.clone();
@@ -377,6 +385,7 @@ fn run(servers: &mut Servers, processes: usize) -> Result<String, Vec<String>> {
         &lock_urls,
         &data_url,
         &prefix,
+        &sql,
         processes,
         &mut on_first_sale,
     );
@@ -385,7 +394,17 @@ fn run(servers: &mut Servers, processes: usize) -> Result<String, Vec<String>> {
     // after the kill), before the run's keys are deleted.
     let settlement = traders
         .is_ok()
-        .then(|| redis_settlement::run(&lock_urls, &data_url, &prefix));
+        .then(|| redis_settlement::run(&lock_urls, &data_url, &prefix, &sql));
+    let stalled_sql = (traders.as_ref().ok())
+        .and_then(|(_, stall)| stall.as_ref())
+        .map(|stall| stall.sql_rows);
+    let sql_checked = settlement.as_ref().map(|(_, _, capped_sql)| {
+        let late = [
+            ("the stalled trader's", stalled_sql),
+            ("the capped settler's", *capped_sql),
+        ];
+        sql_ledger::check(&sql, &mut con, &prefix, processes, &late)
+    });
     let checked = check(&mut con, &prefix);
     let mut cleaned = clean_up(&mut con, &prefix);
     for (server, url) in servers.lock_urls.iter().enumerate() {
@@ -472,10 +491,18 @@ fn run(servers: &mut Servers, processes: usize) -> Result<String, Vec<String>> {
         all.token_min,
         all.token_max
     ));
-    if let Some((settled, settlement_problems)) = settlement {
+    if let Some((settled, settlement_problems, _)) = settlement {
         summary.push('\n');
         summary.push_str(&settled);
         problems.extend(settlement_problems);
+    }
+    match sql_checked {
+        Some(Ok(line)) => {
+            summary.push('\n');
+            summary.push_str(&line);
+        }
+        Some(Err(found)) => problems.extend(found.into_iter().map(|p| format!("sql ledger: {p}"))),
+        None => {}
     }
     if problems.is_empty() {
         Ok(summary)
@@ -515,6 +542,15 @@ enum Event {
     Closed(usize),
 }
 
+/// The run's temporary directory (the SQL ledger's), removed with its files when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The trader processes, killed (and reaped) when dropped unless they have exited.
 struct Traders(Vec<Child>);
 
@@ -535,6 +571,7 @@ fn run_traders(
     lock_urls: &str,
     data_url: &str,
     prefix: &str,
+    sql: &Path,
     processes: usize,
     on_first_sale: &mut dyn FnMut(usize),
 ) -> Result<Reports, Vec<String>> {
@@ -553,6 +590,7 @@ fn run_traders(
                 prefix,
                 stall,
             ])
+            .arg(sql)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -769,6 +807,12 @@ fn stall_line(stall: Option<&StallReport>) -> Result<String, String> {
             stall.write
         ));
     }
+    if stall.sql_rows != 0 {
+        return Err(format!(
+            "AAPL: the stalled trader's late SQL UPDATE (token {token}) changed {} row(s)",
+            stall.sql_rows
+        ));
+    }
     if stall.release != "lost" {
         return Err("AAPL: the stalled trader's release found its lease still held".into());
     }
@@ -781,7 +825,8 @@ fn stall_line(stall: Option<&StallReport>) -> Result<String, String> {
     Ok(format!(
         "  AAPL: trader 0 stalled {stalled_ms} ms holding a {ttl_ms} ms lease (token {token}) and \
          {units} units; a newer lease took over and sold those units (ledger at token {highest}); \
-         the late write was refused (Error::Stale), the release said Error::Lost\n"
+         the late write was refused (Error::Stale; SQLite's fenced UPDATE: 0 rows), the release \
+         said Error::Lost\n"
     ))
 }
 

@@ -7,8 +7,9 @@
 //!
 //! `cargo run --release --example exchange -- --redis [URL] [--processes N]` runs the exchange
 //! across processes instead, on a Redis server (see `across_processes.rs`), and then settles the
-//! sales under kept leases (`redis_settlement.rs`); add `--quorum 3` to take the leases on a
-//! quorum of three lock servers, one of which is killed mid-run.
+//! sales under kept leases (`redis_settlement.rs`), recording both in a SQLite ledger as well
+//! (`sql_ledger.rs`); add `--quorum 3` to take the leases on a quorum of three lock servers, one of
+//! which is killed mid-run.
 
 mod across_processes;
 mod market;
@@ -18,6 +19,7 @@ mod redis_process;
 mod redis_settlement;
 mod rng;
 mod settlement;
+mod sql_ledger;
 mod trader;
 mod trading;
 mod transfers;

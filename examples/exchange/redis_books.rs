@@ -232,6 +232,8 @@ pub struct StallReport {
     pub release: String,
     /// How many of its units the newer holder had sold meanwhile, each exactly once.
     pub resold: usize,
+    /// The rows its late fenced `UPDATE` of the SQL ledger changed (0: refused).
+    pub sql_rows: usize,
 }
 
 impl StallReport {
@@ -239,7 +241,7 @@ impl StallReport {
     pub fn line(&self) -> String {
         format!(
             "stall token={} ttl_ms={} stalled_ms={} units={} highest={} write={} release={} \
-             resold={}",
+             resold={} sql_rows={}",
             self.token,
             self.ttl_ms,
             self.stalled_ms,
@@ -247,7 +249,8 @@ impl StallReport {
             self.highest,
             self.write,
             self.release,
-            self.resold
+            self.resold,
+            self.sql_rows
         )
     }
 
@@ -263,6 +266,7 @@ impl StallReport {
             write: f.get("write")?,
             release: f.get("release")?,
             resold: f.get("resold")?,
+            sql_rows: f.get("sql_rows")?,
         })
     }
 }

@@ -22,6 +22,12 @@
 //! Then the parent reads every stock's settlement back from Redis: the ledger must hold each sold
 //! unit exactly once and nothing else, and the proceeds must be the sum of those units' prices.
 //!
+//! Beside the Redis ledger, each settler records the same batches in the run's SQLite file
+//! (`sql_ledger.rs`): it claims its stock's `settle:<STOCK>` row after the Redis ledger, and each
+//! batch goes into both in one SQLite transaction whose fenced `UPDATE` carries the kept lease's
+//! token. The capped settler's late write is made to the database as well, on its own, and must
+//! change 0 rows; `across_processes.rs` reads the file back.
+//!
 //! The settlement's lock and fenced ledger are both named `settle:<STOCK>`, and its data keys
 //! carry that name's hash tag (`<prefix>settled:{settle:AAPL}`, `<prefix>proceeds:{settle:AAPL}`),
 //! so a settlement's fenced write stays on one slot of a Redis Cluster; the sold lists are only
@@ -29,6 +35,7 @@
 //! on the data server.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -37,8 +44,9 @@ use fencelock::LeaseLost;
 use fencelock_redis::redis::{self, Connection};
 use fencelock_redis::{Error, KeepAlive, KeptLease, RedisFenced, RedisLock};
 
-use crate::market::STOCKS;
+use crate::market::{price_cents, STOCKS};
 use crate::redis_books::{connect, open_servers, sold_key};
+use crate::sql_ledger::{self, Recorded, SqlLedger};
 
 /// The settlement lease's TTL: short, so that a settler that dies blocks its stock's settlement
 /// for a moment only.
@@ -65,9 +73,15 @@ const ACQUIRE_WAIT: Duration = Duration::from_secs(5);
 /// run).
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
-/// Runs the settlement step on the run's servers, once trading is over: its lines (a `==` header
-/// first), and every check that failed.
-pub fn run(lock_urls: &str, data_url: &str, prefix: &str) -> (String, Vec<String>) {
+/// Runs the settlement step on the run's servers and the SQL ledger at `sql`, once trading is
+/// over: its lines (a `==` header first), every check that failed, and the rows the capped
+/// settler's late SQL `UPDATE` changed (`None` if it made none).
+pub fn run(
+    lock_urls: &str,
+    data_url: &str,
+    prefix: &str,
+    sql: &Path,
+) -> (String, Vec<String>, Option<usize>) {
     let on_quorum = match lock_urls.split(',').count() {
         1 => String::new(),
         n => format!(" on a quorum of {n} lock servers"),
@@ -79,27 +93,37 @@ pub fn run(lock_urls: &str, data_url: &str, prefix: &str) -> (String, Vec<String
         RENEW_EVERY.as_millis(),
     );
     let mut problems = Vec::new();
-    if let Err(problem) = settle_and_check(lock_urls, data_url, prefix, &mut summary, &mut problems)
-    {
+    let settled = settle_and_check(
+        lock_urls,
+        data_url,
+        prefix,
+        sql,
+        &mut summary,
+        &mut problems,
+    );
+    let late_sql = settled.unwrap_or_else(|problem| {
         problems.push(problem);
-    }
+        None
+    });
     let problems = problems
         .into_iter()
         .map(|problem| format!("settlement: {problem}"))
         .collect();
-    (summary.trim_end().to_owned(), problems)
+    (summary.trim_end().to_owned(), problems, late_sql)
 }
 
 /// Settles every stock, then checks Redis: the summary lines go to `summary`, the problems found
-/// to `problems`; an error if the step could not run or be checked at all.
+/// to `problems`; the rows the capped settler's late SQL `UPDATE` changed; an error if the step
+/// could not run or be checked at all.
 fn settle_and_check(
     lock_urls: &str,
     data_url: &str,
     prefix: &str,
+    sql: &Path,
     summary: &mut String,
     problems: &mut Vec<String>,
-) -> Result<(), String> {
-    let office = Office::open(lock_urls, data_url, prefix)?;
+) -> Result<Option<usize>, String> {
+    let office = Office::open(lock_urls, data_url, prefix, sql)?;
     let started = Instant::now();
     let mut holds = Vec::new();
     for settler in settle_every_stock(&office)? {
@@ -111,7 +135,8 @@ fn settle_and_check(
     let elapsed = started.elapsed();
     let mut con = connect(&office.url)?;
     check(&office, &mut con, &holds, elapsed, summary, problems)
-        .map_err(|e| format!("reading the settlement back from Redis: {e}"))
+        .map_err(|e| format!("reading the settlement back from Redis: {e}"))?;
+    Ok(holds.iter().find_map(|hold| hold.late_sql))
 }
 
 /// The settlement's handles: a lock per stock on the lock server (one server or a quorum), a
@@ -122,10 +147,12 @@ struct Office {
     prefix: String,
     locks: Vec<RedisLock>,
     ledgers: Vec<RedisFenced>,
+    /// The SQL ledger's file: each settler thread opens its own connection.
+    sql: PathBuf,
 }
 
 impl Office {
-    fn open(lock_urls: &str, data_url: &str, prefix: &str) -> Result<Self, String> {
+    fn open(lock_urls: &str, data_url: &str, prefix: &str, sql: &Path) -> Result<Self, String> {
         let (lock_server, data_server) = open_servers(lock_urls, data_url, prefix)?;
         let names: Vec<String> = STOCKS
             .iter()
@@ -142,6 +169,7 @@ impl Office {
                 .iter()
                 .map(|name| data_server.fenced(name).map_err(|e| e.to_string()))
                 .collect::<Result<_, _>>()?,
+            sql: sql.to_owned(),
         })
     }
 
@@ -173,12 +201,6 @@ impl Office {
     }
 }
 
-/// The price a unit sold at, in cents: made up, but fixed by the unit's id (the trading step
-/// records no prices), so that the proceeds can be checked.
-fn price_cents(unit: u32) -> u64 {
-    10_000 + u64::from(unit % 997)
-}
-
 /// What one settler did under one kept lease.
 struct Hold {
     stock: usize,
@@ -189,6 +211,8 @@ struct Hold {
     /// The capped settler's late write of its batch in hand, made on purpose once a newer
     /// settler had claimed (`None` for the others).
     late_write: Option<Result<(), Error>>,
+    /// The rows the same late write's fenced SQL `UPDATE` changed (`None` for the others).
+    late_sql: Option<usize>,
     released: Result<(), Error>,
 }
 
@@ -199,16 +223,18 @@ impl Hold {
         kept: KeptLease,
         since: Instant,
         settling: Settling,
-        late_write: Option<Result<(), Error>>,
+        late: Option<(Result<(), Error>, usize)>,
     ) -> Self {
         let token = kept.token().get();
         let released = kept.release();
+        let (late_write, late_sql) = late.map_or((None, None), |(w, rows)| (Some(w), Some(rows)));
         Hold {
             stock,
             token,
             settling,
             held: since.elapsed(),
             late_write,
+            late_sql,
             released,
         }
     }
@@ -336,15 +362,23 @@ fn capped_settler(
             STOCKS[stock]
         ));
     };
-    // Past the wait nobody has taken over: the write below is then admitted, and reported.
+    // Past the wait nobody has taken over: the writes below are then admitted, and reported.
     let _ = claimed.recv_timeout(TAKEOVER_WAIT);
     let late_write = office.ledgers[stock].write(kept.token(), &office.settlement(stock, in_hand));
+    // The database's check on its own (no Redis write beside it): 0 rows, or 1 if admitted.
+    let late_sql = SqlLedger::open(&office.sql)?.record(
+        &sql_ledger::settlement(stock),
+        kept.token(),
+        in_hand,
+        || Ok(true),
+    )?;
+    let late_rows = usize::from(late_sql != Recorded::Stale);
     Ok(Hold::released(
         stock,
         kept,
         since,
         settling,
-        Some(late_write),
+        Some((late_write, late_rows)),
     ))
 }
 
@@ -372,9 +406,9 @@ fn second_settler(office: &Office, stock: usize, claims: &Sender<u64>) -> Result
 }
 
 /// Settles what is left of `stock` under `kept` (kept alive since `since`): claims the ledger (an
-/// empty fenced write; then `claims` hears the token), reads how far settlement got, and settles
-/// the rest batch by batch, asking `kept.lost()` before each write and stopping as soon as the
-/// lease is lost.
+/// empty fenced write) and the SQL ledger's row (then `claims` hears the token), reads how far
+/// settlement got, and settles the rest batch by batch into both, asking `kept.lost()` before
+/// each write and stopping as soon as the lease is lost.
 fn settle(
     office: &Office,
     stock: usize,
@@ -388,7 +422,8 @@ fn settle(
         Err(Error::Stale(_)) => Ok(false),
         Err(e) => Err(format!("fenced write on {}: {e}", ledger.name())),
     };
-    if !write(&redis::pipe())? {
+    let (mut sql, sql_name) = (SqlLedger::open(&office.sql)?, sql_ledger::settlement(stock));
+    if !write(&redis::pipe())? || !sql.claim(&sql_name, kept.token())? {
         return Err(format!(
             "{}: a fresh lease's claim was refused",
             ledger.name()
@@ -426,7 +461,10 @@ fn settle(
             settling.stopped = Some(stop(Stop::Lost(lost)));
             break;
         }
-        if !write(&office.settlement(stock, batch))? {
+        let recorded = sql.record(&sql_name, kept.token(), batch, || {
+            write(&office.settlement(stock, batch))
+        })?;
+        if recorded != Recorded::Written {
             settling.stopped = Some(stop(Stop::Refused));
             break;
         }
@@ -617,6 +655,11 @@ fn takeover_line(ledger: &Ledger, holds: &[&Hold]) -> Result<String, String> {
         return Err(format!("{symbol}: the capped settler never stopped"));
     };
     let (token, newer) = (capped.token, second.token);
+    if let Some(rows @ 1..) = capped.late_sql {
+        return Err(format!(
+            "{symbol}: the capped settler's late SQL UPDATE (token {token}) changed {rows} row(s)"
+        ));
+    }
     if newer <= token {
         return Err(format!(
             "{symbol}: the settler that took over has token {newer}, not above {token}"
@@ -660,7 +703,7 @@ fn takeover_line(ledger: &Ledger, holds: &[&Hold]) -> Result<String, String> {
          units in hand\n  \
          {symbol}: a waiting settler took over with token {newer}, settled the other {} batches \
          (those units once) and {}; the first one's late write (token {token}) was refused \
-         (Error::Stale), its release said Error::Lost ({})\n",
+         (Error::Stale; SQLite's fenced UPDATE: 0 rows), its release said Error::Lost ({})\n",
         CAPPED_HOLD.as_millis(),
         capped.settling.batches,
         stopped.after,

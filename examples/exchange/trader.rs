@@ -1,5 +1,6 @@
 //! A trader process of the `--redis` mode, started by the parent as
-//! `exchange --trader <lock urls> <data url> <process> <key prefix> <stall: 0|1>`.
+//! `exchange --trader <lock urls> <data url> <process> <processes> <key prefix> <stall: 0|1>
+//! <sql ledger file>`.
 //!
 //! `<lock urls>` is one URL, or several separated by commas: then the leases are taken on a
 //! quorum of those servers (`LockServer::quorum`). The books and the fenced ledgers live on the
@@ -12,6 +13,10 @@
 //! sales in one fenced write with the same token, and release. The fenced write is the only place
 //! units move, so a holder whose lease ended cannot move any once a newer holder has claimed.
 //!
+//! Each batch is also recorded in the run's SQLite file (`sql_ledger.rs`), which every trader
+//! process writes: the thread claims the stock's row there after the Redis ledger, and the sale
+//! goes into both in one SQLite transaction whose fenced `UPDATE` carries the lease's token.
+//!
 //! Why claim before reading: a newer holder reads the book only after its claim, so an older
 //! holder's write either landed before that claim (and the newer holder reads the book without
 //! those units) or comes after it and is refused. Without the claim, a late write could slip in
@@ -20,7 +25,8 @@
 //! Process 0 also stages the stall: before the other traders start it takes AAPL's lease with a
 //! short TTL and reads a batch, then (in its first thread) sleeps past the lease until a newer
 //! holder has written AAPL's ledger — a holder that read the same units, still at the head of the
-//! book, and sold them. Its late write, which would sell them again, must be refused.
+//! book, and sold them. Its late write, which would sell them again, must be refused: by Redis,
+//! and, made to the database on its own, by the SQL ledger's fence (0 rows).
 //!
 //! Every process also trades the hot stock `HOT` (see `redis_books.rs`): each thread sells one
 //! batch of it on every round, between its batches of the listed stocks, so that every thread of
@@ -36,6 +42,7 @@
 //! writes do, on the data server — so trying again is safe. On a single server a lock error
 //! still ends the trader, as before.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread;
@@ -49,6 +56,7 @@ use crate::redis_books::{
     book_key, connect, desks_key, open_servers, sold_key, symbol, StallReport, Tally, BATCH, BOOKS,
     FIRST_SALE, HOT_STOCK, READY, THREADS,
 };
+use crate::sql_ledger::{Recorded, SqlLedger};
 
 /// Long enough that a trader that is not stalled on purpose never outlives its lease.
 const LEASE: Duration = Duration::from_secs(2);
@@ -102,6 +110,8 @@ struct Desk {
     /// A lock and a ledger per book: the listed stocks, then HOT.
     locks: Vec<RedisLock>,
     ledgers: Vec<RedisFenced>,
+    /// The SQL ledger's file: each thread opens its own connection.
+    sql: PathBuf,
     /// Whether this process has printed its `first-sale` line.
     first_sale: AtomicBool,
 }
@@ -147,9 +157,10 @@ impl Desk {
 }
 
 fn run(args: &[String]) -> Result<(), String> {
-    let [lock_urls, data_url, process, processes, prefix, stall] = args else {
+    let [lock_urls, data_url, process, processes, prefix, stall, sql] = args else {
         return Err(format!(
-            "expected <lock urls> <data url> <process> <processes> <prefix> <stall>, got {args:?}"
+            "expected <lock urls> <data url> <process> <processes> <prefix> <stall> <sql ledger>, \
+             got {args:?}"
         ));
     };
     let process: usize = process.parse().map_err(|_| "bad process index")?;
@@ -168,6 +179,7 @@ fn run(args: &[String]) -> Result<(), String> {
         ledgers: (0..BOOKS)
             .map(|stock| data_server.fenced(symbol(stock)).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?,
+        sql: PathBuf::from(sql),
         first_sale: AtomicBool::new(false),
     };
 
@@ -221,9 +233,10 @@ fn trade(
     staged: Option<Staged>,
 ) -> Result<(Tally, Option<StallReport>), String> {
     let mut con = connect(&desk.url)?;
+    let mut sql = SqlLedger::open(&desk.sql)?;
     let mut tally = Tally::default();
     let stall = match staged {
-        Some(staged) => Some(staged.stall(desk, &mut con, &mut tally)?),
+        Some(staged) => Some(staged.stall(desk, &mut con, &mut sql, &mut tally)?),
         None => None,
     };
     let started = Instant::now();
@@ -241,13 +254,14 @@ fn trade(
         }
         if let Some(stock) = listed {
             next = stock + 1; // one batch per stock in turn spreads the threads over the books
-            if sell_batch(desk, &mut con, stock, ACQUIRE_WAIT, &mut tally)? == Batch::BookEmpty {
+            let sold = sell_batch(desk, &mut con, &mut sql, stock, ACQUIRE_WAIT, &mut tally)?;
+            if sold == Batch::BookEmpty {
                 empty[stock] = true;
             }
         }
         if !empty[HOT_STOCK] {
             if desk.hot_open(&mut con)? {
-                let hot = sell_batch(desk, &mut con, HOT_STOCK, HOT_WAIT, &mut tally)?;
+                let hot = sell_batch(desk, &mut con, &mut sql, HOT_STOCK, HOT_WAIT, &mut tally)?;
                 empty[HOT_STOCK] = hot == Batch::BookEmpty;
             } else if listed.is_none() {
                 thread::sleep(OPENING_POLL);
@@ -267,11 +281,13 @@ enum Batch {
     NotNow,
 }
 
-/// Sells one batch of `stock` under a lease, waiting for it up to `wait`: claim the ledger, read,
-/// move, release. On HOT, counts the lease and its wait, or the wait that ran out.
+/// Sells one batch of `stock` under a lease, waiting for it up to `wait`: claim the ledgers (Redis,
+/// then SQL), read, move (and record in SQL), release. On HOT, counts the lease and its wait, or
+/// the wait that ran out.
 fn sell_batch(
     desk: &Desk,
     con: &mut Connection,
+    sql: &mut SqlLedger,
     stock: usize,
     wait: Duration,
     tally: &mut Tally,
@@ -297,17 +313,29 @@ fn sell_batch(
     let ledger = &desk.ledgers[stock];
     let batch = if !fenced_write(ledger, &lease, &redis::pipe(), tally)? {
         Batch::NotNow
+    } else if !sql.claim(symbol(stock), lease.token())? {
+        tally.refused += 1;
+        Batch::NotNow
     } else {
         let units = read_batch(con, &desk.book(stock))?;
         if units.is_empty() {
             Batch::BookEmpty
-        } else if fenced_write(ledger, &lease, &sale(desk, stock, &units), tally)? {
-            tally.sold += units.len() as u64;
-            tally.batches += 1;
-            desk.sold(stock, units.len());
-            Batch::Sold
         } else {
-            Batch::NotNow
+            let sale = sale(desk, stock, &units);
+            let redis_write = || fenced_write(ledger, &lease, &sale, tally);
+            match sql.record(symbol(stock), lease.token(), &units, redis_write)? {
+                Recorded::Written => {
+                    tally.sold += units.len() as u64;
+                    tally.batches += 1;
+                    desk.sold(stock, units.len());
+                    Batch::Sold
+                }
+                Recorded::Stale => {
+                    tally.refused += 1;
+                    Batch::NotNow
+                }
+                Recorded::RefusedByRedis => Batch::NotNow, // counted by `fenced_write`
+            }
         }
     };
     release(desk, lease, tally)?;
@@ -390,19 +418,17 @@ struct Staged {
 }
 
 impl Staged {
-    /// Takes AAPL's lease with a short TTL, claims its ledger and reads a batch.
+    /// Takes AAPL's lease with a short TTL, claims its ledgers and reads a batch.
     fn stage(desk: &Desk) -> Result<Self, String> {
         let lease = desk.locks[STALLED_STOCK]
             .acquire_timeout(STALL_LEASE, Duration::from_secs(5))
             .map_err(|e| e.to_string())?
             .ok_or("the stalled stock's lock never came free")?;
         let mut ignored = Tally::default();
-        if !fenced_write(
-            &desk.ledgers[STALLED_STOCK],
-            &lease,
-            &redis::pipe(),
-            &mut ignored,
-        )? {
+        let ledger = &desk.ledgers[STALLED_STOCK];
+        let claimed = fenced_write(ledger, &lease, &redis::pipe(), &mut ignored)?
+            && SqlLedger::open(&desk.sql)?.claim(symbol(STALLED_STOCK), lease.token())?;
+        if !claimed {
             return Err("a fresh lease's claim was refused".into());
         }
         let units = read_batch(&mut connect(&desk.url)?, &desk.book(STALLED_STOCK))?;
@@ -412,12 +438,14 @@ impl Staged {
         Ok(Self { lease, units })
     }
 
-    /// The stall itself: sleep past the lease, and on until a newer holder has written the
-    /// ledger; then try the late write and the release, and see where the batch went.
+    /// The stall itself: sleep past the lease, and on until a newer holder has claimed both
+    /// ledgers; then try the late write (to Redis, then to the database on its own) and the
+    /// release, and see where the batch went.
     fn stall(
         self,
         desk: &Desk,
         con: &mut Connection,
+        sql: &mut SqlLedger,
         tally: &mut Tally,
     ) -> Result<StallReport, String> {
         let Self { lease, units } = self;
@@ -427,7 +455,9 @@ impl Staged {
         let stalled = Instant::now();
         thread::sleep(STALL_LEASE);
         let highest = || ledger.highest().map(|t| t.get()).map_err(|e| e.to_string());
-        while highest()? <= token && stalled.elapsed() < TAKEOVER_WAIT {
+        let sql_fence = |sql: &SqlLedger| sql.fence(symbol(STALLED_STOCK)).map(|t| t.get());
+        while (highest()? <= token || sql_fence(sql)? <= token) && stalled.elapsed() < TAKEOVER_WAIT
+        {
             thread::sleep(STALL_POLL);
         }
         let stalled_ms = stalled.elapsed().as_millis() as u64;
@@ -438,6 +468,8 @@ impl Staged {
             tally.sold += units.len() as u64;
             tally.batches += 1;
         }
+        // The database's check on its own (no Redis write beside it): 0 rows, or 1 if admitted.
+        let late_sql = sql.record(symbol(STALLED_STOCK), lease.token(), &units, || Ok(true))?;
         let released = release(desk, lease, tally)?;
         let sold = desk.sold_list(STALLED_STOCK);
         // The newer holder claimed the ledger before it sold (two fenced writes): its sale may
@@ -473,6 +505,7 @@ impl Staged {
             }
             .into(),
             resold,
+            sql_rows: usize::from(late_sql != Recorded::Stale),
         })
     }
 }

@@ -18,6 +18,10 @@
 //!   each issued 1,000 times inside one script call, so that the time per iteration is the
 //!   server's time for 1,000 tokens (one `TIME` call each more, now) plus one round trip.
 //!
+//! - `versioned/*`: an optimistic update on one server, uncontended: `load_commit` =
+//!   `RedisVersioned::load` + `commit` (one `HMGET`, one script); `raw_hmget_evalsha` = an `HMGET`
+//!   and a trivial `EVALSHA` with the same key and value, on one connection.
+//!
 //! Run: `cargo bench -p fencelock-redis --bench redis_lock`. The machine has 2 cores: 8 threads
 //! (plus the server) are oversubscribed, and the ratio is what to read, not the absolute times.
 
@@ -302,5 +306,41 @@ local function next_token(counter, idle_ms)
   return digits
 end";
 
-criterion_group!(benches_group, benches, delayed, topology);
+/// An optimistic update against its two raw round trips (see the module docs).
+fn versioned(c: &mut Criterion) {
+    let redis = server::RedisProcess::start();
+    let record = LockServer::open(&redis.url())
+        .unwrap()
+        .versioned("bench")
+        .unwrap();
+    let value = b"0123456789abcdef0123456789abcdef".as_slice();
+    let trivial = Script::new("return 1");
+    let mut con = raw_connection(&redis.url());
+    let mut group = c.benchmark_group("versioned");
+    group.bench_function("load_commit", |b| {
+        b.iter(|| {
+            let (_, version) = record.load().unwrap();
+            record.commit(version, value).unwrap();
+        });
+    });
+    group.bench_function("raw_hmget_evalsha", |b| {
+        b.iter(|| {
+            let _: redis::Value = redis::cmd("HMGET")
+                .arg("raw:{bench}:record")
+                .arg("d")
+                .arg("v")
+                .query(&mut con)
+                .unwrap();
+            let _: i64 = trivial
+                .key("raw:{bench}:record")
+                .arg(1)
+                .arg(value)
+                .invoke(&mut con)
+                .unwrap();
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches_group, benches, delayed, topology, versioned);
 criterion_main!(benches_group);

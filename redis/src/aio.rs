@@ -70,11 +70,14 @@ use crate::protocol::quorum::lease::{
 use crate::protocol::quorum::{Attempt, Tally};
 use crate::protocol::{self, LockKeys, Request};
 use crate::server::{LockServerBuilder, Settings};
+use crate::trace;
 
 mod keep_alive;
 mod link;
+mod versioned;
 pub use keep_alive::KeptLease;
 use link::Link;
+pub use versioned::RedisVersioned;
 
 /// The longest blocking pop a waiter sends (its timer ends it sooner): a cluster connection for
 /// pops is opened with this response timeout, since it cannot be changed per call.
@@ -266,6 +269,53 @@ impl LockServer {
             name: name.to_owned(),
             key: protocol::fenced_key(&self.inner.settings.key_prefix, name)?,
         })
+    }
+
+    /// The versioned record named `name` (a single server only, as
+    /// [`crate::LockServer::versioned`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad name, or on a quorum.
+    pub fn versioned(&self, name: &str) -> Result<RedisVersioned, Error> {
+        protocol::check_data_on(self.servers(), "a versioned record", "versioned")?;
+        Ok(RedisVersioned {
+            server: self.clone(),
+            name: name.to_owned(),
+            key: protocol::versioned::record_key(&self.inner.settings.key_prefix, name)?,
+        })
+    }
+
+    /// Whether this handle is on a Redis Cluster.
+    fn is_cluster(&self) -> bool {
+        self.inner.nodes[0].endpoint.is_cluster()
+    }
+
+    /// A plain command on `server`, within the I/O timeout; a connection that timed out is
+    /// dropped.
+    async fn query(&self, server: usize, cmd: &redis::Cmd) -> Result<Value, Error> {
+        let (opened, mut con) = self.connection(server).await?;
+        let timeout = self.inner.settings.io_timeout;
+        match tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut con)).await {
+            Ok(reply) => Ok(reply?),
+            Err(_) => {
+                self.forget_connection(server, opened);
+                Err(Error::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "fencelock-redis: no reply within the I/O timeout",
+                ))))
+            }
+        }
+    }
+
+    /// Runs `request` (a write that must not run twice) on the single server: on a cluster
+    /// through the connection that never sends twice, elsewhere as any request (a multiplexed
+    /// connection never resends).
+    async fn invoke_once(&self, request: &Request) -> Result<Value, Error> {
+        if self.is_cluster() {
+            self.invoke_once_on_cluster(request).await
+        } else {
+            self.invoke(0, request).await
+        }
     }
 
     /// The server's connection and the number of the connect that opened it, opened (and the
@@ -653,7 +703,8 @@ impl RedisLock {
     /// # Errors
     /// As [`crate::RedisLock::try_acquire`].
     pub async fn try_acquire(&self, ttl: Duration) -> Result<Option<RedisLease>, Error> {
-        self.attempt(ttl).await?.into_lease()
+        let attempt = async { self.attempt(ttl).await?.into_lease() };
+        trace::acquire_async(self.name(), "try_acquire", attempt).await
     }
 
     /// As [`crate::RedisLock::acquire_timeout`]: queued, first come first served, woken by the
@@ -670,22 +721,25 @@ impl RedisLock {
         if wait.is_zero() {
             return self.try_acquire(ttl).await;
         }
-        let s = &self.server.inner.settings;
-        let liveness = Liveness::new(s.liveness)?;
-        let retry = (s.retry_delay_min, s.retry_delay_max);
-        let servers = self.server.servers();
-        let now = Instant::now();
-        let mut waiting = Waiting::new(servers, &self.keys, ttl, wait, liveness, retry, now)?;
-        // Out of the queue first, so that a hand-off the release passes on cannot come back.
-        let mut abandoned = Cleanup::new(&self.server, waiting.abandon().into());
-        let decision = driver::wait(&self.server, &mut waiting).await;
-        abandoned.disarm();
-        let lease = decision?.map(|state| RedisLease {
-            server: self.server.clone(),
-            keys: Arc::clone(&self.keys),
-            state,
-        });
-        Ok(lease)
+        let waited = async {
+            let s = &self.server.inner.settings;
+            let liveness = Liveness::new(s.liveness)?;
+            let retry = (s.retry_delay_min, s.retry_delay_max);
+            let servers = self.server.servers();
+            let now = Instant::now();
+            let mut waiting = Waiting::new(servers, &self.keys, ttl, wait, liveness, retry, now)?;
+            // Out of the queue first, so that a hand-off the release passes on cannot come back.
+            let mut abandoned = Cleanup::new(&self.server, waiting.abandon().into());
+            let decision = driver::wait(&self.server, &mut waiting).await;
+            abandoned.disarm();
+            let lease = decision?.map(|state| RedisLease {
+                server: self.server.clone(),
+                keys: Arc::clone(&self.keys),
+                state,
+            });
+            Ok(lease)
+        };
+        trace::acquire_async(self.name(), "acquire_timeout", waited).await
     }
 
     /// One try; see [`Acquisition`] for its requests on one server and on a quorum.
@@ -804,6 +858,12 @@ impl RedisLease {
         self.state.token()
     }
 
+    /// The name of the lock this lease holds.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.keys.name
+    }
+
     /// As [`crate::RedisLease::remaining`].
     #[must_use]
     pub fn remaining(&self) -> Option<Duration> {
@@ -861,6 +921,12 @@ impl Drop for RedisLease {
             // Inside a runtime: released by a background task; outside: left to its TTL.
             self.lose();
         }
+    }
+}
+
+impl trace::Granted for RedisLease {
+    fn token(&self) -> FencingToken {
+        RedisLease::token(self)
     }
 }
 
@@ -926,21 +992,9 @@ impl RedisFenced {
     /// # Errors
     /// As [`crate::RedisFenced::highest`].
     pub async fn highest(&self) -> Result<FencingToken, Error> {
-        let (opened, mut con) = self.server.connection(0).await?;
-        let timeout = self.server.inner.settings.io_timeout;
         let mut cmd = redis::cmd("GET");
         cmd.arg(&self.key);
-        let get = cmd.query_async::<Value>(&mut con);
-        let reply = match tokio::time::timeout(timeout, get).await {
-            Ok(reply) => reply?,
-            Err(_) => {
-                self.server.forget_connection(0, opened);
-                return Err(Error::Redis(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "fencelock-redis: no reply within the I/O timeout",
-                ))));
-            }
-        };
+        let reply = self.server.query(0, &cmd).await?;
         protocol::decode_highest(&reply)
     }
 }

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use fencelock::{LeaseLost, StaleToken};
+use fencelock::{LeaseLost, StaleToken, Version};
 
 /// What went wrong in a call to the lock server.
 ///
@@ -18,6 +18,15 @@ pub enum Error {
     /// A fenced write carried a token below the highest the resource admitted: none of its
     /// commands ran.
     Stale(StaleToken),
+    /// A versioned commit found the record at another version than the one it was prepared
+    /// from: another writer committed first (or the record was lost, `current` 0). Nothing was
+    /// written; load again and retry.
+    Conflict {
+        /// The version the commit expected (the one its caller loaded).
+        expected: Version,
+        /// The version the record had when the commit was refused.
+        current: Version,
+    },
     /// The call was refused before anything was sent: an empty or over-long name, a TTL out of
     /// range, a lock named twice, locks on different servers, ...
     InvalidInput(InvalidInput),
@@ -28,6 +37,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// `true` for [`Error::Conflict`].
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+
     /// `true` for [`Error::Lost`].
     #[must_use]
     pub fn is_lost(&self) -> bool {
@@ -76,6 +91,11 @@ impl fmt::Display for Error {
                 f,
                 "fenced write refused, nothing ran: {stale}; this holder lost its lease"
             ),
+            Self::Conflict { expected, current } => write!(
+                f,
+                "versioned commit refused, nothing written: the record is at {current}, not at \
+                 {expected} as loaded; load it again and retry"
+            ),
             Self::InvalidInput(invalid) => write!(f, "invalid input: {invalid}"),
             Self::Redis(e) => write!(
                 f,
@@ -91,6 +111,7 @@ impl std::error::Error for Error {
         match self {
             Self::Lost(lost) => Some(lost),
             Self::Stale(stale) => Some(stale),
+            Self::Conflict { .. } => None,
             Self::InvalidInput(invalid) => Some(invalid),
             Self::Redis(e) => Some(e),
         }

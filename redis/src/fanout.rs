@@ -356,6 +356,11 @@ impl Sockets {
     fn timed_out(&self) {
         let mut skip = self.skip_until();
         let cool_down = skip.1;
+        crate::trace::warn_event!(
+            server = ?self.target.as_ref().ok().and_then(|addrs| addrs.first()),
+            ?cool_down,
+            "server skipped: its connection timed out"
+        );
         *skip = (
             Some(Instant::now() + cool_down),
             cool_down.saturating_mul(2).min(MAX_COOL_DOWN),

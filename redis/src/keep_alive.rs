@@ -18,6 +18,7 @@ use fencelock::{FencingToken, LeaseLost};
 
 use crate::error::Error;
 use crate::lock::RedisLease;
+use crate::trace;
 
 /// How a [`KeptLease`] renews: every third of the TTL by default, with no cap on the hold.
 ///
@@ -279,7 +280,14 @@ fn renew_until_stopped(
                 next = policy.next_renewal(ttl, sent, lease.valid_until(), io_timeout);
             }
             // Renewed, but too late: the lease may have lapsed in between.
-            Ok(()) => shared.mark_lost(LeaseLost::Expired),
+            Ok(()) => {
+                trace::warn_event!(
+                    name = lease.name(),
+                    "renewal came back too late: lease lost"
+                );
+                shared.mark_lost(LeaseLost::Expired);
+            }
+            // The renewal told `tracing` itself.
             Err(Error::Lost(lost)) => shared.mark_lost(lost),
             // Unreachable, timed out, ...: the lease cannot be shown held. Never retried: by the
             // time a retry succeeded, another client could hold the lock.

@@ -80,6 +80,7 @@
 //! | `p{name}:alive` | sorted set | waiters by liveness deadline (server ms) | as `queue` |
 //! | `p{name}:wake:<nonce>` | list | one waiter's wake-ups | half its liveness window (10 s on a quorum) |
 //! | `p{name}:fenced` | string | the highest token a [`RedisFenced`] admitted | never (it is the resource's data) |
+//! | `p{name}:record` | hash | a [`RedisVersioned`] record's value (`d`) and version (`v`) | never (it is the data) |
 //!
 //! # Deploying
 //!
@@ -113,12 +114,32 @@
 //! talk to a server: `aio::{LockServer, RedisLock, RedisLease, RedisFenced, KeptLease}`, over
 //! redis-rs's multiplexed connections, a quorum's requests concurrent on the calling task.
 //!
+//! # Tracing
+//!
+//! With the `tracing` feature, each acquisition is a span (`acquire`, target `fencelock_redis`)
+//! with the lock's `name`, `how` it was asked (`try_acquire`, `acquire_timeout`), its
+//! `outcome` (`granted`, `held`, or the error), its `token` and `waited_ms`; a lease found lost
+//! (by a renewal or at release), a renewal that failed, a fenced write refused and a quorum
+//! server skipped are `warn!` events; a waiter's retries and new connections are `debug!`.
+//! Without the feature nothing of it is compiled in.
+//!
 //! # Work that outlives a TTL
 //!
 //! [`RedisLease::keep_alive`] hands the lease to a renewer thread and returns a [`KeptLease`]:
 //! renewed every third of the TTL (see [`KeepAlive`]) until released, capped, or lost — and a
 //! lost lease says so ([`KeptLease::lost`]) no later than its last validity would have ended,
 //! instead of the holder writing on.
+//!
+//! # Optimistic versions: the seed's concurrency tokens
+//!
+//! [`RedisVersioned`] (from [`LockServer::versioned`]) is [`fencelock::Versioned`] across
+//! processes: [`load`](RedisVersioned::load) a record with its [`Version`](fencelock::Version),
+//! work holding nothing, and [`commit`](RedisVersioned::commit) only if nobody committed
+//! meanwhile — otherwise [`Error::Conflict`] and nothing is written; one round trip each.
+//! [`commit_with`](RedisVersioned::commit_with) runs a pipeline under the same check, and
+//! [`update`](RedisVersioned::update) is the load-change-commit loop with bounded retries.
+//! Versions grow as tokens do (the larger of the old one + 1 and the server's time in µs), so a
+//! record lost in a restart is recreated above every version issued before.
 //!
 //! # A quorum of independent servers
 //!
@@ -243,16 +264,25 @@ mod protocol;
 mod server;
 #[cfg(feature = "tls")]
 mod tls;
+mod trace;
+mod versioned;
 
 pub use error::{Error, InvalidInput};
 pub use fenced::RedisFenced;
 pub use keep_alive::{KeepAlive, KeptLease};
-pub use lock::{try_acquire_all, RedisLease, RedisLock};
+pub use lock::{try_acquire_all, LockStatus, RedisLease, RedisLock};
 pub use protocol::queue::{MAX_LIVENESS, MIN_LIVENESS};
+pub use protocol::versioned::{MAX_VALUE_LEN, UPDATE_ATTEMPTS};
 pub use protocol::{
     drift_allowance, COUNTER_IDLE, MAX_NAME_LEN, MAX_PREFIX_LEN, MAX_TOKEN, MAX_TTL, MIN_TTL,
 };
 pub use server::{LockServer, LockServerBuilder};
+pub use versioned::RedisVersioned;
+
+/// The crate page's example (`redis/README.md`), compiled as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Re-exported so that users name the same `redis` version this crate speaks (for
 /// [`redis::Client`] and [`redis::Pipeline`]).

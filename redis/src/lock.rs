@@ -20,6 +20,7 @@ use crate::protocol::quorum::lease::{
 use crate::protocol::quorum::{Attempt, Tally};
 use crate::protocol::{self, LockKeys, Nonce, Request};
 use crate::server::LockServer;
+use crate::trace;
 
 /// One named resource's lock on a Redis server: leases that end by themselves, each carrying a
 /// [`FencingToken`] larger than every earlier one.
@@ -97,6 +98,48 @@ impl RedisLock {
         &self.server
     }
 
+    /// Who holds the lock now, for monitoring and tools (`fencelock status`): the holder's token
+    /// and how long its key has left on the server — `None` if nobody holds it. A snapshot: it
+    /// may have changed by the time it is read, so never decide to write from it (that is what
+    /// leases and fencing are for). On a quorum, each server is asked in turn, and the lock is
+    /// held if a majority shows the same holder (with the shortest TTL among them).
+    ///
+    /// # Errors
+    /// [`Error::Redis`] if the server (a majority of a quorum's) does not answer.
+    pub fn status(&self) -> Result<Option<LockStatus>, Error> {
+        let request = protocol::peek(&self.keys);
+        let servers = self.server.servers();
+        let mut seen: Vec<(Option<FencingToken>, Duration)> = Vec::with_capacity(servers);
+        let (mut answered, mut last_error) = (0, None);
+        for i in 0..servers {
+            match self.server.node(i).invoke(&request, Resend::IfStale) {
+                Ok((reply, _)) => {
+                    answered += 1;
+                    if let Some(holder) = protocol::decode_peek(&reply)? {
+                        seen.push(holder);
+                    }
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let majority = protocol::quorum::majority(servers);
+        if answered < majority {
+            return Err(last_error.unwrap_or_else(unreachable_error));
+        }
+        let status = seen.iter().find_map(|(token, _)| {
+            let same: Vec<Duration> = seen
+                .iter()
+                .filter(|(other, _)| other == token)
+                .map(|&(_, ttl)| ttl)
+                .collect();
+            (same.len() >= majority).then(|| LockStatus {
+                token: *token,
+                remaining: same.into_iter().min().unwrap_or_default(),
+            })
+        });
+        Ok(status)
+    }
+
     /// Takes the lock for `ttl` if nobody holds it (an expired lease counts as free), in one
     /// round trip; `Ok(None)` if someone does.
     ///
@@ -110,7 +153,9 @@ impl RedisLock {
     ///   the lease's validity ran out (the grant is released; use a longer TTL);
     /// - [`Error::Redis`] if the server is unreachable or slow past the timeouts.
     pub fn try_acquire(&self, ttl: Duration) -> Result<Option<RedisLease>, Error> {
-        self.attempt(ttl)?.into_lease()
+        trace::acquire(self.name(), "try_acquire", || {
+            self.attempt(ttl)?.into_lease()
+        })
     }
 
     /// Takes the lock for `ttl`, waiting in line while it is held until `wait` has passed;
@@ -144,14 +189,16 @@ impl RedisLock {
         if wait.is_zero() {
             return self.try_acquire(ttl);
         }
-        let s = self.server.settings();
-        let liveness = Liveness::new(s.liveness)?;
-        let retry = (s.retry_delay_min, s.retry_delay_max);
-        let servers = self.server.servers();
-        let now = Instant::now();
-        let mut waiting = Waiting::new(servers, &self.keys, ttl, wait, liveness, retry, now)?;
-        let decision = driver::run_blocking(driver::wait(&self.server, &mut waiting));
-        Ok(decision?.map(|state| RedisLease::new(self, state)))
+        trace::acquire(self.name(), "acquire_timeout", || {
+            let s = self.server.settings();
+            let liveness = Liveness::new(s.liveness)?;
+            let retry = (s.retry_delay_min, s.retry_delay_max);
+            let servers = self.server.servers();
+            let now = Instant::now();
+            let mut waiting = Waiting::new(servers, &self.keys, ttl, wait, liveness, retry, now)?;
+            let decision = driver::run_blocking(driver::wait(&self.server, &mut waiting));
+            Ok(decision?.map(|state| RedisLease::new(self, state)))
+        })
     }
 
     /// One try; see [`Acquisition`] for its requests on one server and on a quorum.
@@ -273,6 +320,24 @@ impl Driver for LockServer {
         thread::sleep(delay);
         async {}
     }
+}
+
+/// Who holds a lock, as [`RedisLock::status`] read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockStatus {
+    /// The holder's token (`None` for a quorum acquisition caught between its two rounds).
+    pub token: Option<FencingToken>,
+    /// How long the holder's key has left on the server (a quorum: the shortest among the
+    /// servers that show it).
+    pub remaining: Duration,
+}
+
+#[cold]
+fn unreachable_error() -> Error {
+    Error::Redis(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "fencelock-redis: no answer from a majority of the lock servers",
+    )))
 }
 
 impl fmt::Debug for RedisLock {
@@ -415,6 +480,12 @@ impl Drop for RedisLease {
             // Best effort, bounded by the timeouts: an error leaves the lock to end by its TTL.
             let _ = self.release_once();
         }
+    }
+}
+
+impl trace::Granted for RedisLease {
+    fn token(&self) -> FencingToken {
+        RedisLease::token(self)
     }
 }
 

@@ -185,6 +185,7 @@ impl Node {
 
     #[cold]
     fn connect(&self, once: bool) -> Result<Link, Error> {
+        crate::trace::debug_event!(server = %self.endpoint.identity().0, "connecting");
         self.endpoint
             .connect(once, self.connect_timeout, self.io_timeout)
     }

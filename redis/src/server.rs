@@ -13,7 +13,7 @@ use crate::fanout::{self, Sockets};
 use crate::error::{Error, InvalidInput};
 use crate::node::{Node, Resend};
 use crate::protocol::{self, quorum::Tally, Request};
-use crate::{RedisFenced, RedisLock};
+use crate::{RedisFenced, RedisLock, RedisVersioned};
 
 /// The longest connect or I/O timeout accepted.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -504,6 +504,16 @@ impl LockServer {
     pub fn fenced(&self, name: &str) -> Result<RedisFenced, Error> {
         protocol::check_fenced_on(self.servers())?;
         RedisFenced::on(self.clone(), name)
+    }
+
+    /// The versioned record named `name` on this server (see [`RedisVersioned`]). Opens nothing.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock); [`Error::InvalidInput`] on a quorum (a record is data on one
+    /// server).
+    pub fn versioned(&self, name: &str) -> Result<RedisVersioned, Error> {
+        protocol::check_data_on(self.servers(), "a versioned record", "versioned")?;
+        RedisVersioned::on(self.clone(), name)
     }
 
     /// Checks that the server (on a quorum: a majority of the servers) answers `PING`, within

@@ -11,7 +11,7 @@ use std::time::Duration;
 use fencelock_redis::{Error, LockServer};
 use support::{behaviour, quick_builder, raw, RedisProcess};
 
-/// The least a lock client needs, as the README gives it: its keys under the prefix, the
+/// The least a lock client needs, as docs/deploying.md gives it: its keys under the prefix, the
 /// commands it sends (`EVALSHA`, `EVAL`, `SCRIPT LOAD`, `PING`; `BLPOP`, `RPUSH`, `PEXPIRE` while
 /// waiting; `GET` for a fenced resource's highest token) and those its scripts run — nothing
 /// else. A fenced resource's own data keys and commands are the application's to add: here the

@@ -157,6 +157,37 @@ fn a_fenced_pipeline_on_a_cluster_touches_only_keys_of_its_resources_slot() {
 }
 
 #[test]
+fn a_versioned_record_on_a_cluster_commits_on_its_slot_only() {
+    let cluster = RedisCluster::start(3);
+    let server = handle(&cluster);
+    let price = server.versioned("AAPL").unwrap();
+    let (_, v0) = price.load().unwrap();
+    let v1 = price.commit(v0, b"101").unwrap();
+    let mut sale = redis::pipe();
+    sale.cmd("RPUSH").arg("sold:{AAPL}").arg(1);
+    let v2 = price.commit_with(v1, &sale).unwrap();
+    let mut stray = redis::pipe();
+    stray.cmd("RPUSH").arg("sold:{AAPL}").arg(2);
+    stray.cmd("SET").arg("sold:MSFT").arg("x");
+    assert!(matches!(
+        price.commit_with(v2, &stray),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        price.commit(v1, b"stale"),
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(price.load().unwrap(), (Some(b"101".to_vec()), v2));
+    let sold: Vec<u32> = redis::cmd("LRANGE")
+        .arg("sold:{AAPL}")
+        .arg(0)
+        .arg(-1)
+        .query(&mut raw(&cluster))
+        .unwrap();
+    assert_eq!(sold, [1], "nothing of the refused pipeline ran");
+}
+
+#[test]
 fn try_acquire_all_on_a_cluster_takes_locks_of_one_slot_only() {
     let cluster = RedisCluster::start(3);
     let server = handle(&cluster);

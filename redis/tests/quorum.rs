@@ -56,6 +56,7 @@ macro_rules! on_quorums {
 
 on_quorums!(
     one_holder_at_a_time => three_one_holder_at_a_time, one_one_holder_at_a_time;
+    status_shows_the_holder => three_status_shows_the_holder, one_status_shows_the_holder;
     tokens_strictly_increase => three_tokens_strictly_increase, one_tokens_strictly_increase;
     stalled_holder_is_taken_over_and_refused => three_stalled_holder_refused, one_stalled_holder_refused;
     stale_release_is_refused_and_changes_nothing => three_stale_release_refused, one_stale_release_refused;

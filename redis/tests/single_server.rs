@@ -28,6 +28,7 @@ macro_rules! on_one_server {
 
 on_one_server!(
     one_holder_at_a_time,
+    status_shows_the_holder,
     tokens_strictly_increase,
     stalled_holder_is_taken_over_and_refused,
     stale_release_is_refused_and_changes_nothing,

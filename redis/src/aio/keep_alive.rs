@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::{lock, RedisLease};
 use crate::error::Error;
 use crate::keep_alive::KeepAlive;
+use crate::trace;
 
 impl RedisLease {
     /// Keeps the lease alive from a task spawned on the current tokio runtime (as
@@ -98,7 +99,14 @@ async fn renew_until_stopped(
                 next = policy.next_renewal(ttl, sent, lease.state.valid_until(), io_timeout);
                 None
             }
-            Ok(()) => Some(LeaseLost::Expired),
+            Ok(()) => {
+                trace::warn_event!(
+                    name = lease.name(),
+                    "renewal came back too late: lease lost"
+                );
+                Some(LeaseLost::Expired)
+            }
+            // The renewal told `tracing` itself.
             Err(Error::Lost(l)) => Some(l),
             Err(_) => Some(LeaseLost::Expired),
         };

@@ -109,6 +109,7 @@ pub(crate) async fn wait<D: Driver>(
                 waiting.woken(popped, Instant::now())
             }
             WaitStep::Sleep(delay) => {
+                crate::trace::debug_event!(?delay, "waiter retrying after a connection error");
                 driver.sleep(delay).await;
                 waiting.slept(Instant::now())
             }

@@ -47,12 +47,16 @@ use std::time::{Instant, SystemTime};
 use fencelock::{FencingToken, LeaseLost, StaleToken};
 use redis::{Cmd, Script, ToRedisArgs, Value};
 
+use pipeline::PIPELINE_LUA;
+
 use crate::error::{Error, InvalidInput};
 
 pub(crate) mod driver;
+pub(crate) mod pipeline;
 pub(crate) mod queue;
 pub(crate) mod quorum;
 pub(crate) mod resp;
+pub(crate) mod versioned;
 
 /// The shortest TTL accepted: a lease must outlast its drift allowance with room for a round trip.
 pub const MIN_TTL: Duration = Duration::from_millis(5);
@@ -76,9 +80,6 @@ pub const MAX_TOKEN: u64 = (1 << 53) - 1;
 /// reborn from the server's clock, above every token issued before, so no key is left behind
 /// forever for a resource that is no longer locked.
 pub const COUNTER_IDLE: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// The most arguments one command of a fenced pipeline may have (Lua's `unpack` limit, with room).
-pub(crate) const MAX_FENCED_ARGS: usize = 4096;
 
 /// The clock-drift allowance for a lease of `ttl`: 1% of the TTL plus 2 ms.
 ///
@@ -192,11 +193,16 @@ impl LockKeys {
 
 /// Refuses a fenced resource on a quorum: it is data on one server.
 pub(crate) fn check_fenced_on(servers: usize) -> Result<(), Error> {
+    check_data_on(servers, "a fenced resource", "fenced")
+}
+
+/// Data (a fenced resource, a versioned record) lives on one server: refused on a quorum.
+pub(crate) fn check_data_on(servers: usize, what: &str, call: &str) -> Result<(), Error> {
     if servers > 1 {
-        return Err(InvalidInput::new(
-            "a fenced resource lives on one server, not on a quorum: open a LockServer for the \
-             server that keeps the resource and call fenced() there",
-        )
+        return Err(InvalidInput::new(format!(
+            "{what} lives on one server, not on a quorum: open a LockServer for the server that \
+             keeps it and call {call}() there"
+        ))
         .into());
     }
     Ok(())
@@ -648,51 +654,26 @@ return 1
 });
 
 /// A fenced write. KEYS: the fenced key. ARGV: token, the hash tag every key must carry (empty:
-/// any key; a cluster passes the resource's name), then each command as its argument count
-/// followed by its arguments. Returns {1} after recording the token and running every command;
-/// {0, highest} when the token is below the highest admitted; {2, key} when a command's key
-/// lacks the hash tag (found by `COMMAND GETKEYS` before anything runs); {3, error} when the
-/// user may not run `COMMAND GETKEYS`. Nothing ran in the last three cases. (`GETKEYS` fails
-/// for a command with no keys, and for one with wrong arguments, which then fails by itself
-/// without touching another slot: both pass the check.)
+/// any key; a cluster passes the resource's name), then the pipeline (see [`pipeline`]).
+/// Returns {1} after recording the token and running every command; {0, highest} when the token
+/// is below the highest admitted; the pipeline's refusal ({2, key} or {3, error}) when a key is
+/// off the slot. Nothing ran in the last two cases.
 static FENCED_WRITE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"
+    Lua::new(&format!(
+        r"{PIPELINE_LUA}
 local highest = redis.call('GET', KEYS[1])
 if highest and tonumber(highest) > tonumber(ARGV[1]) then
-  return {0, highest}
+  return {{0, highest}}
 end
-local tag = ARGV[2]
-if tag ~= '' then
-  local i = 3
-  while i <= #ARGV do
-    local n = tonumber(ARGV[i])
-    local keys = redis.pcall('COMMAND', 'GETKEYS', unpack(ARGV, i + 1, i + n))
-    if type(keys) == 'table' and keys.err and string.sub(keys.err, 1, 6) == 'NOPERM' then
-      return {3, keys.err}
-    end
-    if type(keys) == 'table' and not keys.err then
-      for _, key in ipairs(keys) do
-        local open = string.find(key, '{', 1, true)
-        local close = open and string.find(key, '}', open + 1, true)
-        if not close or string.sub(key, open + 1, close - 1) ~= tag then
-          return {2, key}
-        end
-      end
-    end
-    i = i + n + 1
-  end
+local refused = pipeline_refusal(3, ARGV[2])
+if refused then
+  return refused
 end
 redis.call('SET', KEYS[1], ARGV[1])
-local i = 3
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
-return {1}
-",
-    )
+run_pipeline(3)
+return {{1}}
+"
+    ))
 });
 
 /// Round 1 of a quorum acquisition, on each server. KEYS: lock, counter, queue, alive. ARGV:
@@ -953,106 +934,8 @@ pub(crate) fn fenced_write(
     check_token(token)?;
     let mut call = Request::new(&FENCED_WRITE);
     call.key(key).arg(token.get()).arg(slot_tag.unwrap_or(""));
-    for cmd in commands.cmd_iter() {
-        let argc = cmd.args_iter().len();
-        if argc == 0 || argc > MAX_FENCED_ARGS {
-            return Err(InvalidInput::new(format!(
-                "a fenced pipeline command has {argc} arguments: it needs 1 to {MAX_FENCED_ARGS}"
-            ))
-            .into());
-        }
-        if let Some(redis::Arg::Simple(name)) = cmd.args_iter().next() {
-            check_runs_in_a_script(name)?;
-        }
-        call.arg(argc);
-        for arg in cmd.args_iter() {
-            match arg {
-                redis::Arg::Simple(bytes) => call.arg(bytes),
-                _ => {
-                    return Err(InvalidInput::new(
-                        "a fenced pipeline command has a cursor argument: scans cannot run \
-                         inside the fenced write",
-                    )
-                    .into())
-                }
-            };
-        }
-    }
+    pipeline::encode(&mut call, commands, "fenced")?;
     Ok(call)
-}
-
-/// Commands Redis never runs inside a script (its `noscript` flag, Redis 7): transactions,
-/// pub/sub, blocking pops, replication and server administration, and other scripts. A fenced
-/// pipeline naming one is refused before anything is sent — the server would refuse it inside
-/// the script *after* the token was recorded. The containers whose subcommands are mostly
-/// `noscript` (`ACL`, `CLIENT`, `CONFIG`, `FUNCTION`, `LATENCY`, `MODULE`, `SCRIPT`, `CLUSTER`)
-/// are refused whole: none of them belongs in a fenced write.
-const NOT_IN_SCRIPTS: &[&str] = &[
-    "acl",
-    "auth",
-    "bgrewriteaof",
-    "bgsave",
-    "blmove",
-    "blpop",
-    "brpop",
-    "brpoplpush",
-    "bzpopmax",
-    "bzpopmin",
-    "client",
-    "cluster",
-    "config",
-    "debug",
-    "discard",
-    "eval",
-    "eval_ro",
-    "evalsha",
-    "evalsha_ro",
-    "exec",
-    "failover",
-    "fcall",
-    "fcall_ro",
-    "function",
-    "hello",
-    "latency",
-    "module",
-    "monitor",
-    "multi",
-    "psubscribe",
-    "psync",
-    "punsubscribe",
-    "quit",
-    "replconf",
-    "replicaof",
-    "reset",
-    "role",
-    "save",
-    "script",
-    "shutdown",
-    "slaveof",
-    "ssubscribe",
-    "subscribe",
-    "sunsubscribe",
-    "sync",
-    "unsubscribe",
-    "unwatch",
-    "wait",
-    "watch",
-];
-
-/// Refuses a fenced pipeline command that Redis would not run inside a script.
-fn check_runs_in_a_script(name: &[u8]) -> Result<(), Error> {
-    let lower = name.to_ascii_lowercase();
-    if NOT_IN_SCRIPTS
-        .iter()
-        .any(|c| c.as_bytes() == lower.as_slice())
-    {
-        return Err(InvalidInput::new(format!(
-            "a fenced pipeline cannot run {}: Redis refuses it inside a script (transactions,              pub/sub, blocking commands, administration); the write is already atomic",
-            String::from_utf8_lossy(name).to_uppercase()
-        ))
-        .into());
-    }
-    Ok(())
 }
 
 /// Refuses a token that cannot cross the Lua boundary exactly.
@@ -1092,7 +975,12 @@ fn token_of_value(value: &[u8]) -> Result<Option<FencingToken>, Error> {
 
 /// A token sent back as a string of digits (or an integer).
 fn decode_token(value: &Value) -> Result<FencingToken, Error> {
-    let token = match value {
+    decode_digits(value).map(FencingToken::new)
+}
+
+/// A number the server sent as digits (a token, a version).
+fn decode_digits(value: &Value) -> Result<u64, Error> {
+    let number = match value {
         Value::BulkString(digits) => core::str::from_utf8(digits)
             .ok()
             .and_then(|d| d.parse::<u64>().ok()),
@@ -1100,9 +988,7 @@ fn decode_token(value: &Value) -> Result<FencingToken, Error> {
         Value::Int(n) => u64::try_from(*n).ok(),
         _ => None,
     };
-    token
-        .map(FencingToken::new)
-        .ok_or_else(|| unexpected(format!("expected a token, got {value:?}")))
+    number.ok_or_else(|| unexpected(format!("expected a number, got {value:?}")))
 }
 
 /// Decodes [`ACQUIRE`]'s reply: the tokens in request order, or `None` if a lock was held.
@@ -1146,6 +1032,45 @@ impl Holder {
     }
 }
 
+/// A read of who holds a lock, for monitoring (see `RedisLock::status`): the lock key's value and
+/// its remaining TTL in ms, in one round trip (`MULTI` is not needed: a script reads both at
+/// once).
+static PEEK: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+",
+    )
+});
+
+/// The request that reads who holds `keys`'s lock and for how long.
+pub(crate) fn peek(keys: &LockKeys) -> Request {
+    let mut call = Request::new(&PEEK);
+    call.key(&keys.lock);
+    call
+}
+
+/// Decodes [`PEEK`]'s reply on one server: the holder's token (`None` inside: a quorum
+/// acquisition between its rounds) and the key's remaining TTL, or `None` if nobody holds it.
+pub(crate) fn decode_peek(
+    reply: &Value,
+) -> Result<Option<(Option<FencingToken>, Duration)>, Error> {
+    match reply {
+        Value::Array(parts) => match parts.as_slice() {
+            [Value::Nil, ..] | [] => Ok(None),
+            [Value::BulkString(value), ttl] => {
+                let ttl = match ttl {
+                    Value::Int(ms) => Duration::from_millis(u64::try_from(*ms).unwrap_or(0)),
+                    _ => Duration::ZERO,
+                };
+                Ok(Some((token_of_value(value)?, ttl)))
+            }
+            _ => Err(unexpected(format!("unexpected peek reply {reply:?}"))),
+        },
+        _ => Err(unexpected(format!("unexpected peek reply {reply:?}"))),
+    }
+}
+
 /// Decodes [`RENEW`]'s and [`RELEASE`]'s reply.
 pub(crate) fn decode_holder(reply: &Value) -> Result<Holder, Error> {
     match reply {
@@ -1168,26 +1093,16 @@ pub(crate) fn decode_fenced_write(reply: &Value, token: FencingToken) -> Result<
     match reply {
         Value::Array(parts) => match parts.as_slice() {
             [Value::Int(1)] => Ok(()),
-            [Value::Int(0), highest] => Err(Error::Stale(StaleToken {
-                presented: token,
-                highest: decode_token(highest)?,
-            })),
-            [Value::Int(2), Value::BulkString(key)] => Err(InvalidInput::new(format!(
-                "a fenced write on a cluster touches the key `{}`, which is not on the \
-                 resource's slot; nothing ran. Give every key of the pipeline the resource's \
-                 name as its hash tag (`sold:{{NAME}}`)",
-                String::from_utf8_lossy(key)
-            ))
-            .into()),
-            [Value::Int(3), Value::BulkString(error)] => Err(Error::Redis(redis::RedisError::from((
-                redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm),
-                "fencelock-redis: a fenced write on a cluster checks its keys with COMMAND GETKEYS, \
-                 which this user may not run (allow +command|getkeys); nothing ran",
-                String::from_utf8_lossy(error).into_owned(),
-            )))),
-            _ => Err(unexpected(format!(
-                "unexpected fenced write reply {reply:?}"
-            ))),
+            [Value::Int(0), highest] => {
+                let stale = StaleToken {
+                    presented: token,
+                    highest: decode_token(highest)?,
+                };
+                crate::trace::warn_event!(%stale, "fenced write refused");
+                Err(Error::Stale(stale))
+            }
+            other => Err(pipeline::refusal(other, "fenced")
+                .unwrap_or_else(|| unexpected(format!("unexpected fenced write reply {reply:?}")))),
         },
         _ => Err(unexpected(format!(
             "unexpected fenced write reply {reply:?}"

@@ -55,6 +55,22 @@ pub fn one_holder_at_a_time(setup: &Setup) {
     );
 }
 
+/// `status` shows the holder's token and a remaining TTL within the lease's, and nobody once it
+/// is released.
+pub fn status_shows_the_holder(setup: &Setup) {
+    let lock = setup.locks.lock("status").unwrap();
+    assert_eq!(lock.status().unwrap(), None, "free: nobody");
+    let lease = lock.try_acquire(LONG).unwrap().expect("free");
+    let status = lock.status().unwrap().expect("held");
+    assert_eq!(status.token, Some(lease.token()));
+    assert!(
+        status.remaining <= LONG && !status.remaining.is_zero(),
+        "{status:?}"
+    );
+    lease.release().unwrap();
+    assert_eq!(lock.status().unwrap(), None, "released: nobody");
+}
+
 pub fn tokens_strictly_increase(setup: &Setup) {
     let server = &setup.locks;
     let lock = server.lock("tokens").unwrap();
@@ -384,6 +400,7 @@ pub fn on_one_server_and_a_quorum(
             reopen,
         };
         one_holder_at_a_time(&setup);
+        status_shows_the_holder(&setup);
         tokens_strictly_increase(&setup);
         stalled_holder_is_taken_over_and_refused(&setup);
         renew_keeps_others_out(&setup);

@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod behaviour;
+pub mod child;
 pub mod clock;
 pub mod cluster;
 pub mod sentinel;

@@ -502,8 +502,13 @@ impl<'l> Renewal<'l> {
                 self.lease.valid_until = protocol::valid_until(self.sent, self.ttl);
                 self.lease.ttl = self.ttl;
             }
-            Err(Error::Lost(lost)) => self.lease.lose_to(*lost),
-            Err(_) => {}
+            Err(Error::Lost(lost)) => {
+                crate::trace::warn_event!(name = %self.keys.name, %lost, "lease lost: a renewal found it");
+                self.lease.lose_to(*lost);
+            }
+            Err(_error) => {
+                crate::trace::warn_event!(name = %self.keys.name, error = %_error, "renewal failed");
+            }
         }
         Step::Done(renewed, None)
     }
@@ -586,6 +591,16 @@ impl<'l> Release<'l> {
     }
 }
 
+impl Release<'_> {
+    /// Tells `tracing` (with the feature) that the release found the lease already lost.
+    #[inline]
+    fn lost_at_release(&self, _released: &Result<(), Error>) {
+        if let Err(Error::Lost(_lost)) = _released {
+            crate::trace::warn_event!(name = %self.keys.name, lost = %_lost, "lease lost: found at release");
+        }
+    }
+}
+
 impl Operation for Release<'_> {
     type Tally = HolderTally;
     type Decision = Result<(), Error>;
@@ -608,11 +623,14 @@ impl Operation for Release<'_> {
                 holder => holder.into_result(),
             }
         });
+        self.lost_at_release(&released);
         Step::Done(released, None)
     }
 
     fn decided(self, outcome: MajorityOutcome, _now: impl FnOnce() -> Instant) -> Step<Self> {
-        Step::Done(outcome.into_release(), None)
+        let released = outcome.into_release();
+        self.lost_at_release(&released);
+        Step::Done(released, None)
     }
 }
 
