@@ -161,8 +161,16 @@ fn assert_settled(output: &str) {
     );
     assert!(
         output.contains("the first one's late write (token ")
-            && output.contains("was refused (Error::Stale), its release said Error::Lost"),
-        "the capped settler's late write was not refused:\n{output}"
+            && output.contains(
+                "was refused (Error::Stale; SQLite's fenced UPDATE: 0 rows), its release said \
+                 Error::Lost"
+            ),
+        "the capped settler's late write was not refused, by Redis and by SQLite:\n{output}"
+    );
+    assert!(
+        output.contains("  sql ledger: ")
+            && output.contains("late UPDATEs refused by the database (0 rows)"),
+        "no SQL ledger verdict:\n{output}"
     );
     assert!(
         output.contains("settlement check passed"),
