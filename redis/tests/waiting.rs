@@ -666,9 +666,20 @@ fn a_quorum_grant_leaves_no_place_in_any_queue() {
     servers[0].kill9();
     let second = quorum(&urls, Some(SLOW_HEARTBEAT)).lock(name).unwrap();
     let waiter = spawn_waiter(second, Duration::from_secs(20));
-    wait_until("the second waiter is queued", SOON, || {
-        queued(&servers[1], name) == 1
-    });
+    // Queued on server 1 or 2, or both: a first round that server 2 (held) and the dead
+    // server 0 (refused) decide before server 1's connect completes abandons that connect, and
+    // the waiter joins server 1 only at its next heartbeat (the known gap: fairness, not safety).
+    // Either place is enough to be woken by the release.
+    let waiting = Instant::now() + SOON;
+    while queued(&servers[1], name) + queued(&servers[2], name) == 0 {
+        assert!(
+            Instant::now() < waiting,
+            "the second waiter is not queued within {SOON:?}: queues {:?} / {:?}",
+            queue_members(&servers[1], name),
+            queue_members(&servers[2], name),
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
     let released = Instant::now();
     lease.release().unwrap();
     let (granted_at, _) = join_within(vec![waiter], Duration::from_secs(25))
